@@ -1,0 +1,80 @@
+"""FastAPI glue shared by the HTTP services: error mapping, API keys, and running uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from .errors import ErrorCode, GaryError
+
+ErrorBody = Callable[[GaryError], dict[str, Any]]
+
+log = logging.getLogger(__name__)
+WS_MAX_BYTES = 64 * 1024 * 1024 + 64 * 1024
+
+
+def default_error_body(err: GaryError) -> dict[str, Any]:
+    """The original's `{success:false, error}` shape plus our stable `code`."""
+    return {"success": False, "error": err.message, "code": str(err.code), **({"details": err.details} if err.details else {})}
+
+
+def validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
+        parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body) -> None:
+    """GaryError -> its status and body; validation errors -> 400 with a readable message; never a bare 500 trace."""
+
+    @app.exception_handler(GaryError)
+    async def _gary_error(_: Request, exc: GaryError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.details["retry_after"])} if "retry_after" in exc.details else None
+        return JSONResponse(body(exc), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = GaryError(ErrorCode.VALIDATION_ERROR, validation_message(exc), http_status=400)
+        return JSONResponse(body(err), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        err = GaryError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", http_status=500)
+        return JSONResponse(body(err), status_code=500)
+
+
+def check_api_key(request: Request, keys: list[str]) -> str | None:
+    """Return the caller's key (None when keys are off); raise 401 when keys are on and none/wrong is given."""
+    if not keys:
+        return None
+    given = request.headers.get("x-api-key") or ""
+    auth = request.headers.get("authorization", "")
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if given not in keys:
+        raise GaryError(ErrorCode.UNAUTHORIZED, "missing or wrong API key (send X-API-Key or Authorization: Bearer)")
+    return given
+
+
+def server_args(name: str, default_port: int, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=name, description=f"Run the {name} server.")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=default_port)
+    parser.add_argument("--demo", action="store_true", help="serve tiny random-weight models (also DEMO_MODELS=1)")
+    return parser.parse_args(argv)
+
+
+def run_uvicorn(app: Any, host: str, port: int, log_level: str = "info") -> None:
+    """Uvicorn with a 64 MiB websocket frame cap (its 16 MiB default silently drops gary4live's first bang)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), ws_max_size=WS_MAX_BYTES, ws_ping_interval=None)

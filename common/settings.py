@@ -1,0 +1,72 @@
+"""One place for configuration: every service reads the same environment variables (see README's table)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Environment-driven settings shared by gary, jerry, terry and the queue gateway."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for queue, flags, progress and Socket.IO fan-out")
+    mongodb_url: str = Field("mongodb://127.0.0.1:27017/", description="MongoDB for sessions when SESSION_STORE=mongo")
+    mongodb_db: str = Field("audio_generation_db", description="Mongo database name (the original's)")
+    session_store: Literal["mongo", "sqlite"] = Field("sqlite", description="Session backend: mongo+GridFS or embedded")
+    data_dir: Path = Field(Path("./data"), description="Embedded session store, demo models, riffs and other local files")
+    transfer_dir: Path = Field(Path("/tmp/audio_transfer"), description="Only folder terry reads audio_file_path from")
+
+    queue_url: str = Field("http://127.0.0.1:8085", description="GPU queue gateway base URL")
+    gary_url: str = Field("http://127.0.0.1:8000", description="gary base URL (queue callbacks go to /task_notification)")
+    terry_url: str = Field("http://127.0.0.1:8002", description="terry (MelodyFlow) base URL")
+    jerry_url: str = Field("http://127.0.0.1:8005", description="jerry (stable-audio-open-small) base URL")
+    socketio_channel: str = Field("flask-socketio", description="Redis pub/sub channel for cross-process Socket.IO emits")
+
+    hf_token: SecretStr | None = Field(None, description="Hugging Face token (needed for gated stable-audio-open-small)")
+    hf_home: Path | None = Field(None, description="Hugging Face cache root (kept on a volume, never /tmp)")
+    local_models_dir: Path | None = Field(
+        None, description="Folder of <owner>/<name>/ model folders used instead of the hub when present"
+    )
+    demo_models: bool = Field(False, description="Serve every model name with tiny random weights (no downloads)")
+    model_allow_owners: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["thepatch", "facebook"],
+        description="Hub owners whose repos clients may name, besides the /api/models list",
+    )
+
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys; empty = open (solo use)"
+    )
+    log_level: str = Field("INFO", description="Python logging level")
+
+    max_audio_bytes: int = Field(64 * MiB, description="Largest decoded upload accepted by any service")
+    gpu_vram_mb: int | None = Field(None, description="Queue gateway: GPU capacity override in MB (else detected)")
+
+    @field_validator("model_allow_owners", "api_keys", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @property
+    def hf_token_value(self) -> str | None:
+        return self.hf_token.get_secret_value() if self.hf_token else None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Process-wide settings; tests build their own `Settings(...)` instead of mutating this one."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""jerry: the stable-audio-open-small HTTP API."""

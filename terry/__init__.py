@@ -1,0 +1,1 @@
+"""terry: the MelodyFlow transform API."""
