@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     mongodb_url: str = Field("mongodb://127.0.0.1:27017/", description="MongoDB for sessions when SESSION_STORE=mongo")
     mongodb_db: str = Field("audio_generation_db", description="Mongo database name (the original's)")
     session_store: Literal["mongo", "sqlite"] = Field("sqlite", description="Session backend: mongo+GridFS or embedded")
+    session_ttl_seconds: int = Field(
+        7 * 24 * 3600, gt=0, description="Sessions and their audio expire this long after creation (Mongo TTL / sweep)"
+    )
     data_dir: Path = Field(Path("./data"), description="Embedded session store, demo models, riffs and other local files")
     transfer_dir: Path = Field(Path("/tmp/audio_transfer"), description="Only folder terry reads audio_file_path from")
 
