@@ -59,6 +59,19 @@ class Settings(BaseSettings):
     max_audio_bytes: int = Field(64 * MiB, description="Largest decoded upload accepted by any service")
     gpu_vram_mb: int | None = Field(None, description="Queue gateway: GPU capacity override in MB (else detected)")
 
+    terry_model: str = Field("facebook/melodyflow-t24-30secs", description="terry: MelodyFlow checkpoint (repo id or folder)")
+    terry_preload: bool = Field(False, description="terry: load the model at start instead of on the first transform")
+    terry_idle_unload_seconds: float = Field(
+        600.0, ge=0, description="terry: unload the model after this long without a transform (0 = right after each one)"
+    )
+    terry_vram_mb: int = Field(9000, gt=0, description="terry: VRAM leased from the queue gateway per transform")
+    terry_max_input_seconds: float = Field(
+        180.0, gt=0, description="terry: longest input accepted (longer than the 30 s window is processed in windows)"
+    )
+    terry_legacy_32k: bool = Field(
+        False, description="terry: the original's 32 kHz-into-48 kHz-codec quirk (pitched-up model view, ~45 s window)"
+    )
+
     @field_validator("model_allow_owners", "api_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
