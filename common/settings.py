@@ -72,6 +72,23 @@ class Settings(BaseSettings):
         False, description="terry: the original's 32 kHz-into-48 kHz-codec quirk (pitched-up model view, ~45 s window)"
     )
 
+    jerry_model: str = Field(
+        "stabilityai/stable-audio-open-small", description="jerry: standard SAO-small checkpoint (repo id or folder)"
+    )
+    jerry_riffs_dir: Path | None = Field(None, description="jerry: riff library folder (default DATA_DIR/riffs)")
+    jerry_max_batch: int = Field(8, ge=1, le=64, description="jerry: most concurrent requests batched into one sampler run")
+    jerry_batch_window_ms: float = Field(
+        4.0, ge=0, description="jerry: how long the worker waits for more requests to batch with the first one"
+    )
+    jerry_max_models: int = Field(2, ge=1, description="jerry: models kept loaded (LRU; the standard one always stays)")
+    jerry_peak_normalize: bool = Field(
+        True, description="jerry: peak-normalise outputs to 0 dBFS by default (requests may pass normalize=false)"
+    )
+    jerry_max_input_seconds: float = Field(
+        600.0, gt=0, description="jerry: longest decoded upload accepted (only the first model window is used)"
+    )
+    jerry_lease_vram_mb: int = Field(3000, gt=0, description="jerry: VRAM of the permanent resident lease it holds")
+
     @field_validator("model_allow_owners", "api_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
