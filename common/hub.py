@@ -98,10 +98,6 @@ def _download(
                 ErrorCode.MODEL_NOT_FOUND,
                 f"{repo_id} was not found on the hub (or is private: set HF_TOKEN)",
             ) from exc
-        except EntryNotFoundError as exc:
-            if not required:
-                continue
-            raise ModelLoadError(ErrorCode.MODEL_NOT_FOUND, f"{repo_id} has no file {filename}") from exc
         except LocalEntryNotFoundError as exc:
             if not required:
                 continue
@@ -110,6 +106,10 @@ def _download(
                 f"{repo_id}/{filename} is not cached and the hub cannot be reached (offline?); "
                 "download it once with network access, or run with --demo",
             ) from exc
+        except EntryNotFoundError as exc:
+            if not required:
+                continue
+            raise ModelLoadError(ErrorCode.MODEL_NOT_FOUND, f"{repo_id} has no file {filename}") from exc
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise ModelLoadError(
