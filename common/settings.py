@@ -59,12 +59,23 @@ class Settings(BaseSettings):
     max_audio_bytes: int = Field(64 * MiB, description="Largest decoded upload accepted by any service")
     gpu_vram_mb: int | None = Field(None, description="Queue gateway: GPU capacity override in MB (else detected)")
 
+    gary_output_seconds: float = Field(
+        30.0, gt=1, le=60, description="gary: MusicGen output length incl. the re-synthesised prompt (the original's 30 s)"
+    )
+    gary_terry_timeout_seconds: float = Field(300.0, gt=0, description="gary: how long to wait for terry's /transform")
+    gary_heartbeat_seconds: float = Field(
+        5.0, gt=0, description="gary: how often a running job heartbeats its queue task and its job record"
+    )
+
     terry_model: str = Field("facebook/melodyflow-t24-30secs", description="terry: MelodyFlow checkpoint (repo id or folder)")
     terry_preload: bool = Field(False, description="terry: load the model at start instead of on the first transform")
     terry_idle_unload_seconds: float = Field(
         600.0, ge=0, description="terry: unload the model after this long without a transform (0 = right after each one)"
     )
     terry_vram_mb: int = Field(9000, gt=0, description="terry: VRAM leased from the queue gateway per transform")
+    terry_lease_wait_seconds: float = Field(
+        240.0, gt=0, description="terry: longest wait for a gateway lease before answering 503 (gary gives up at 300 s)"
+    )
     terry_max_input_seconds: float = Field(
         180.0, gt=0, description="terry: longest input accepted (longer than the 30 s window is processed in windows)"
     )
