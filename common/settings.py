@@ -114,3 +114,15 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Process-wide settings; tests build their own `Settings(...)` instead of mutating this one."""
     return Settings()
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated so it can't drift from the code (tests/test_docs.py)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(default)
+        shown = "" if default is None else str(default)
+        rows.append(f"| `{name.upper()}` | `{shown}` | {(field.description or '').replace('|', '/')} |")
+    return "\n".join(rows)
