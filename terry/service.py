@@ -1,0 +1,113 @@
+"""The pieces one terry process holds for its lifetime, built from Settings and torn down in order."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from garycommon.devices import pick_device
+from garycommon.progress import Emitter, RedisRoomEmitter, StatusStore
+from garycommon.settings import Settings
+
+from .model_host import Engine, ModelHost
+from .runner import TransformRunner
+
+log = logging.getLogger(__name__)
+
+ENGINE_RATE = 48000  # MelodyFlow's codec rate; inputs are resampled to it before the (possibly lazy) load
+
+
+def default_loader(settings: Settings, model: str) -> Callable[[], Engine]:
+    def load() -> Engine:
+        from .melodyflow import MelodyFlowEngine
+
+        return MelodyFlowEngine.load(model, settings, device=pick_device(settings.device))
+
+    return load
+
+
+def prepare_demo(settings: Settings) -> tuple[Settings, str]:
+    """Write the tiny random demo checkpoint (idempotent) and point the model setting at it."""
+    from .melodyflow.demo import install_demo
+
+    if settings.local_models_dir is None:
+        settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "demo-models"})
+    path = install_demo(settings)
+    log.warning("DEMO MODE: MelodyFlow runs tiny random weights from %s - output is noise, not music", path)
+    return settings.model_copy(update={"terry_model": str(path), "demo_models": True}), str(path)
+
+
+class TerryService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        loader: Callable[[], Engine] | None = None,
+        redis: Any | None = None,
+        emitter: Emitter | None = None,
+        queue: Any | None = None,
+    ) -> None:
+        self.settings = settings
+        self.demo = settings.demo_models
+        self.engine_rate = ENGINE_RATE
+        self.started = time.monotonic()
+        self.redis = redis
+        self.status_store = StatusStore(redis) if redis is not None else None
+        self.emitter = emitter
+        self.queue = queue
+        self.host = ModelHost(
+            loader or default_loader(settings, settings.terry_model),
+            idle_seconds=settings.terry_idle_unload_seconds,
+            name=settings.terry_model,
+        )
+        self.runner = TransformRunner(settings, self.host, queue)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, loader: Callable[[], Engine] | None = None) -> TerryService:
+        import redis.asyncio as aioredis
+
+        redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        emitter = RedisRoomEmitter(settings.redis_url, settings.socketio_channel)
+        queue = None
+        if settings.queue_url:
+            from garycommon.queueclient import QueueClient
+
+            keys = settings.api_keys
+            queue = QueueClient(settings.queue_url, api_key=keys[0] if keys else None)
+        return cls(settings, loader=loader, redis=redis, emitter=emitter, queue=queue)
+
+    def health(self) -> dict[str, Any]:
+        gpu = torch.cuda.is_available()
+        device = str(pick_device(self.settings.device))
+        can_run = gpu or (device == "cpu" and (self.demo or self.settings.device == "cpu"))
+        failed = self.host.last_error is not None and not self.host.loaded
+        status = "healthy" if can_run and not failed else "degraded"
+        body: dict[str, Any] = {
+            "status": status,
+            "service": "terry",
+            "gpu_available": gpu,
+            "device": device,
+            "model": self.settings.terry_model,
+            "model_loaded": self.host.loaded,
+            "demo": self.demo,
+            "busy": self.runner.active > 0,
+            "queued": self.runner.waiting,
+            "queue": "gateway" if self.queue is not None else "local",
+            "legacy_32k": self.settings.terry_legacy_32k,
+            "uptime": round(time.monotonic() - self.started, 1),
+        }
+        if failed:
+            body["error"] = self.host.last_error
+        elif not can_run:
+            body["error"] = "no GPU: set DEVICE=cpu to run the full model on CPU anyway (very slow)"
+        return body
+
+    async def close(self) -> None:
+        await self.host.close()
+        if self.queue is not None:
+            await self.queue.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
