@@ -1,0 +1,245 @@
+"""Async client of the GPU queue gateway, shared by gary, terry and jerry.
+
+Two ways to use the gateway:
+
+* callback style (gary): `enqueue` a task; the gateway POSTs `ready` (with the lease id and fencing token) to the
+  task's callback URL when the GPU has room; the worker then calls `set_status(processing)`, `heartbeat` while it
+  runs and `set_status(completed|failed)` at the end.
+* lease style (our own workers): `async with client.lease(model, lane=..., owner=...) as lease:` waits until the
+  gateway grants VRAM, heartbeats in the background and releases on exit (also on exceptions).
+
+Lane "generation" maps to the original's un-prefixed routes (`/tasks`, `/task/status`); every other lane to
+`/{lane}/...`. Errors become `GaryError`: `QUEUE_FULL` (429, `details.retry_after`) when the gateway sheds load,
+`QUEUE_UNAVAILABLE` when it cannot be reached or answers 5xx, and the gateway's own code/message for 4xx.
+No torch here: the gateway's image imports this module without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .errors import ErrorCode, GaryError
+
+log = logging.getLogger(__name__)
+
+GENERATION_LANE = "generation"
+
+
+@dataclass
+class Lease:
+    """A granted VRAM lease. `lost` turns True when a heartbeat finds that the gateway no longer honours it."""
+
+    id: str
+    fencing_token: int
+    expires_at: float
+    lane: str
+    session_id: str
+    gpu: str | None = None
+    vram_mb: int = 0
+    ttl_s: float = 60.0
+    lost: bool = False
+    peak_vram_mb: int | None = field(default=None, repr=False)  # set by the worker; reported on release (learning)
+    outcome: str = "completed"  # set to "failed" to record a failed run (also automatic on exceptions)
+
+
+def lane_prefix(lane: str) -> str:
+    """Route prefix of a lane: the original's generation routes have none."""
+    return "" if lane == GENERATION_LANE else f"/{lane}"
+
+
+class QueueClient:
+    """Talks to one gateway base URL with one pooled HTTP client; every call has a timeout."""
+
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 5.0) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+
+    # --- transport -------------------------------------------------------------------------------------------
+    async def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+                       read_s: float | None = None, not_found_ok: bool = False) -> dict[str, Any] | None:
+        try:
+            resp = await self._http.request(method, path, json=json, params=params,
+                                            timeout=read_s if read_s is not None else self.timeout)
+        except httpx.HTTPError as exc:
+            raise GaryError(ErrorCode.QUEUE_UNAVAILABLE, f"GPU queue at {self.base_url} is unreachable: {exc!r}",
+                            http_status=503) from exc
+        if resp.status_code == 404 and not_found_ok:
+            return None
+        if resp.status_code >= 400:
+            raise _error_from(resp, self.base_url)
+        try:
+            body = resp.json()
+        except ValueError as exc:
+            raise GaryError(ErrorCode.QUEUE_UNAVAILABLE, f"GPU queue answered non-JSON ({resp.status_code})",
+                            http_status=503) from exc
+        return body if isinstance(body, dict) else {"result": body}
+
+    # --- callback-style tasks (gary) ----------------------------------------------------------------------------
+    async def enqueue(self, lane: str, session_id: str, task_type: str, data: dict, *, callback_url: str | None = None,
+                      model: str | None = None, vram_mb: int | None = None,
+                      client_key: str | None = None) -> dict[str, Any]:
+        """Queue a task (idempotent per session and lane). Returns the gateway's queue status JSON."""
+        body: dict[str, Any] = {"session_id": session_id, "task_type": task_type, "data": data}
+        for key, value in (("callback_url", callback_url), ("model", model), ("vram_mb", vram_mb),
+                           ("client_key", client_key)):
+            if value is not None:
+                body[key] = value
+        out = await self._request("POST", f"{lane_prefix(lane)}/tasks", json=body)
+        assert out is not None
+        return out
+
+    async def task(self, lane: str, session_id: str) -> dict[str, Any] | None:
+        """The gateway's view of a task, or None when it has no such task."""
+        return await self._request("GET", f"{lane_prefix(lane)}/tasks/{session_id}", not_found_ok=True)
+
+    async def set_status(self, lane: str, session_id: str, status: str, *, error: str | None = None,
+                         fencing_token: int | None = None, peak_vram_mb: int | None = None) -> None:
+        """processing (keeps the lease alive) | completed | failed (both free the VRAM and dispatch the next task)."""
+        body: dict[str, Any] = {"session_id": session_id, "status": status}
+        for key, value in (("error", error), ("fencing_token", fencing_token), ("peak_vram_mb", peak_vram_mb)):
+            if value is not None:
+                body[key] = value
+        await self._request("POST", f"{lane_prefix(lane)}/task/status", json=body)
+
+    async def heartbeat(self, lane: str, session_id: str, *, fencing_token: int | None = None) -> None:
+        """Extend a granted task's lease by the gateway's TTL."""
+        body = {"fencing_token": fencing_token} if fencing_token is not None else {}
+        await self._request("POST", f"{lane_prefix(lane)}/tasks/{session_id}/heartbeat", json=body)
+
+    async def cancel(self, lane: str, session_id: str) -> None:
+        """Withdraw a queued task or free a granted one (no-op when the gateway has no such task)."""
+        await self._request("DELETE", f"{lane_prefix(lane)}/tasks/{session_id}", not_found_ok=True)
+
+    async def register_gpu(self, gpu_id: str, capacity_mb: int, *, host: str | None = None) -> dict[str, Any]:
+        """Announce (or resize) a GPU this host serves; tasks go to the first registered GPU where they fit."""
+        body: dict[str, Any] = {"gpu_id": gpu_id, "capacity_mb": capacity_mb}
+        if host:
+            body["host"] = host
+        out = await self._request("POST", "/gpus", json=body)
+        assert out is not None
+        return out
+
+    # --- lease-style (our own workers) ----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lease(self, model: str, *, lane: str, owner: str, vram_mb: int | None = None, resident: bool = False,
+                    wait_timeout: float | None = None, client_key: str | None = None,
+                    gpus: list[str] | None = None) -> AsyncIterator[Lease]:
+        """Wait for a VRAM lease, keep it alive while the block runs, release it afterwards.
+
+        A failure inside the block is recorded as `failed` (the exception propagates). If the wait times out the
+        queued request is withdrawn and GaryError(TIMEOUT) is raised.
+        """
+        body: dict[str, Any] = {"model": model, "lane": lane, "owner": owner, "resident": resident}
+        for key, value in (("vram_mb", vram_mb), ("client_key", client_key), ("gpus", gpus)):
+            if value is not None:
+                body[key] = value
+        state = await self._request("POST", "/leases", json=body)
+        assert state is not None
+        lease_id = str(state["lease_id"])
+        try:
+            state = await self._wait_granted(lease_id, state, wait_timeout)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._request("POST", f"/leases/{lease_id}/release",
+                                    json={"outcome": "cancelled"}, not_found_ok=True)
+            raise
+        lease = Lease(id=lease_id, fencing_token=int(state["fencing_token"]), expires_at=float(state["expires_at"]),
+                      lane=lane, session_id=str(state["session_id"]), gpu=state.get("gpu"),
+                      vram_mb=int(state.get("vram_mb") or 0), ttl_s=float(state.get("ttl_s") or 60.0))
+        beat = asyncio.create_task(self._heartbeat_loop(lease), name=f"lease-heartbeat-{lease_id}")
+        try:
+            yield lease
+        except BaseException:
+            lease.outcome = "failed"
+            raise
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            await self._release(lease)
+
+    async def _wait_granted(self, lease_id: str, state: dict[str, Any], wait_timeout: float | None) -> dict[str, Any]:
+        deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+        while state.get("status") != "granted":
+            if state.get("status") in ("failed", "cancelled", "completed"):
+                raise GaryError(ErrorCode.QUEUE_UNAVAILABLE,
+                                f"lease request {lease_id} ended as {state.get('status')}: {state.get('error') or ''}",
+                                http_status=503)
+            wait = 10.0
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise GaryError(ErrorCode.TIMEOUT, f"no GPU lease for {lease_id} within {wait_timeout:.1f}s "
+                                    f"(position {state.get('position')})")
+                wait = min(wait, left)
+            polled = await self._request("GET", f"/leases/{lease_id}", params={"wait": round(wait, 3)},
+                                         read_s=self.timeout + wait)
+            if polled is None:
+                raise GaryError(ErrorCode.QUEUE_UNAVAILABLE, f"lease request {lease_id} vanished", http_status=503)
+            state = polled
+        return state
+
+    async def _heartbeat_loop(self, lease: Lease) -> None:
+        interval = max(0.05, lease.ttl_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                out = await self._request("POST", f"/leases/{lease.id}/heartbeat",
+                                          json={"fencing_token": lease.fencing_token})
+                if out is not None:
+                    lease.expires_at = float(out.get("expires_at", lease.expires_at))
+            except GaryError as err:
+                if err.http_status in (404, 409):
+                    lease.lost = True
+                    log.error("lease %s lost: %s", lease.id, err.message)
+                    return
+                log.warning("lease %s heartbeat failed (will retry): %s", lease.id, err.message)
+
+    async def _release(self, lease: Lease) -> None:
+        body: dict[str, Any] = {"fencing_token": lease.fencing_token, "outcome": lease.outcome}
+        if lease.peak_vram_mb is not None:
+            body["peak_vram_mb"] = lease.peak_vram_mb
+        try:
+            await self._request("POST", f"/leases/{lease.id}/release", json=body, not_found_ok=True)
+        except GaryError as err:
+            # The lease then ends by TTL; the worker's result is unaffected.
+            log.warning("lease %s release failed: %s", lease.id, err.message)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def _error_from(resp: httpx.Response, base_url: str) -> GaryError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    message = str(body.get("error") or body.get("detail") or resp.text[:200] or resp.reason_phrase)
+    if resp.status_code == 429:
+        retry_after = _int(resp.headers.get("retry-after"), 1)
+        return GaryError(ErrorCode.QUEUE_FULL, message, details={"retry_after": retry_after})
+    if resp.status_code >= 500:
+        return GaryError(ErrorCode.QUEUE_UNAVAILABLE, f"GPU queue at {base_url} failed ({resp.status_code}): {message}",
+                         http_status=503)
+    try:
+        code = ErrorCode(str(body.get("code")))
+    except ValueError:
+        code = ErrorCode.BAD_REQUEST
+    return GaryError(code, message, http_status=resp.status_code)
+
+
+def _int(value: str | None, default: int) -> int:
+    try:
+        return max(0, int(float(value))) if value is not None else default
+    except ValueError:
+        return default
