@@ -47,12 +47,14 @@ def read_transfer_file(raw_path: str, transfer_dir: Path, max_bytes: int) -> byt
         fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise GaryError(ErrorCode.BAD_REQUEST, f"audio_file_path cannot be opened: {raw_path}") from exc
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise GaryError(ErrorCode.BAD_REQUEST, f"audio_file_path is not a regular file: {raw_path}")
+    if info.st_size > max_bytes:
+        os.close(fd)
+        raise AudioError(ErrorCode.DATA_TOO_LARGE, f"audio file is larger than {max_bytes // (1024 * 1024)} MiB")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise GaryError(ErrorCode.BAD_REQUEST, f"audio_file_path is not a regular file: {raw_path}")
-        if info.st_size > max_bytes:
-            raise AudioError(ErrorCode.DATA_TOO_LARGE, f"audio file is larger than {max_bytes // (1024 * 1024)} MiB")
         return fh.read()
 
 
