@@ -72,7 +72,12 @@ class Settings(BaseSettings):
     terry_idle_unload_seconds: float = Field(
         600.0, ge=0, description="terry: unload the model after this long without a transform (0 = right after each one)"
     )
-    terry_vram_mb: int = Field(9000, gt=0, description="terry: VRAM leased from the queue gateway per transform")
+    terry_vram_mb: int = Field(
+        4000, gt=0, description="terry: working VRAM leased (transform lane) for each transform, on top of the weights"
+    )
+    terry_resident_vram_mb: int = Field(
+        5000, gt=0, description="terry: VRAM of the resident lease held while the model is loaded (weights, T5, codec)"
+    )
     terry_lease_wait_seconds: float = Field(
         240.0, gt=0, description="terry: longest wait for a gateway lease before answering 503 (gary gives up at 300 s)"
     )
