@@ -1,5 +1,10 @@
 """Owns the one MelodyFlow engine of this process: lazy load, keep warm, unload when idle — never mid-transform.
 
+With the queue gateway, the loaded weights are accounted for by a *resident* lease taken before loading and
+released after unloading, so the model may stay warm between transforms without other services' leases
+overcommitting the card; each transform additionally leases its working memory (see runner). If the gateway
+declares the resident lease lost, the model is unloaded before the next transform and loaded again under a new one.
+
 All model work (load, transform, unload) runs on one dedicated worker thread, so it never blocks the event loop
 (health stays responsive) and an unload can never interleave with a running transform. The original armed a 1 s
 unload timer *before* each edit, which freed the model under the running request; here the idle timer is armed
@@ -9,11 +14,13 @@ only after a transform finishes and re-checks that nothing started since.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 import torch
@@ -53,8 +60,18 @@ def oom_error() -> GaryError:
 class ModelHost:
     """Lazily loads the engine with `loader` and unloads it `idle_seconds` after the last use."""
 
-    def __init__(self, loader: Callable[[], Engine], *, idle_seconds: float, name: str) -> None:
+    def __init__(
+        self,
+        loader: Callable[[], Engine],
+        *,
+        idle_seconds: float,
+        name: str,
+        resident_lease: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> None:
         self._loader = loader
+        self._resident_lease = resident_lease
+        self._resident: contextlib.AsyncExitStack | None = None
+        self._lease: Any = None
         self.idle_seconds = idle_seconds
         self.name = name
         self._engine: Engine | None = None
@@ -97,15 +114,21 @@ class ModelHost:
 
     async def ensure_loaded(self) -> Engine:
         async with self._load_lock:
+            if self._engine is not None and getattr(self._lease, "lost", False):
+                log.warning("resident lease of %s was lost; reloading under a new one", self.name)
+                await self._drop()
             if self._engine is not None:
                 return self._engine
+            await self._take_resident_lease()
             started = time.monotonic()
             try:
                 engine = await self.call(self._loader)
             except GaryError as exc:
                 self.last_error = exc.message
+                await self._release_resident_lease()
                 raise
             except Exception as exc:
+                await self._release_resident_lease()
                 if is_oom(exc):
                     self.last_error = "out of GPU memory while loading"
                     await self.call(_free_cuda)
@@ -140,17 +163,32 @@ class ModelHost:
         async with self._load_lock:
             if self._engine is None or self._in_use:
                 return False
-            engine, self._engine = self._engine, None
-            await self.call(_unload, engine)
+            await self._drop()
             log.info("unloaded %s (%s)", self.name, reason)
             return True
+
+    async def _drop(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await self.call(_unload, engine)
+        await self._release_resident_lease()
+
+    async def _take_resident_lease(self) -> None:
+        if self._resident_lease is None:
+            return
+        stack = contextlib.AsyncExitStack()
+        self._lease = await stack.enter_async_context(self._resident_lease())
+        self._resident = stack
+
+    async def _release_resident_lease(self) -> None:
+        stack, self._resident, self._lease = self._resident, None, None
+        if stack is not None:
+            await stack.aclose()
 
     async def close(self) -> None:
         if self._idle_task is not None:
             self._idle_task.cancel()
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await self.call(_unload, engine)
+        await self._drop()
         self._executor.shutdown(wait=True)
 
 

@@ -2,9 +2,10 @@
 
 Inside this process an asyncio lock serialises transforms (the original had none: a second request could interleave
 at a progress callback and hijack the model's callback). Across services the GPU is shared through the queue
-gateway: when QUEUE_URL is set, each transform holds a VRAM lease for its duration — unless gary already holds the
-task's lease and passes its `lease_id`/`fencing_token`, in which case taking a second lease would deadlock the
-transform lane (capacity 1) and we run under gary's.
+gateway: when QUEUE_URL is set, the loaded weights hold a resident lease (model_host) and each transform leases its
+working memory on the transform lane for its duration — unless gary already holds the task's lease and passes its
+`lease_id`/`fencing_token`, in which case taking a second one would deadlock the lane (capacity 1) and we run
+under gary's. The resident lease is taken before the working one, never while holding it, so two waits never chain.
 """
 
 from __future__ import annotations
@@ -98,8 +99,7 @@ class TransformRunner:
             self._waiting -= 1
         self._active += 1
         try:
-            async with self._gpu_slot(job, progress) as lease_kind:
-                return await self._run_locked(job, progress, lease_kind)
+            return await self._run_locked(job, progress)
         finally:
             self._active -= 1
             self._lock.release()
@@ -138,7 +138,7 @@ class TransformRunner:
             estimated_seconds=self.estimate(job),
         )
 
-    async def _run_locked(self, job: TransformJob, progress: TransformProgress, lease_kind: str) -> TransformOutcome:
+    async def _run_locked(self, job: TransformJob, progress: TransformProgress) -> TransformOutcome:
         must_load = not self.host.loaded
         if must_load:
             load_estimate = self.host.load_seconds or DEFAULT_ESTIMATE_S
@@ -151,25 +151,27 @@ class TransformRunner:
             )
         engine = await self.host.acquire()
         seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
-        started = time.monotonic()
         try:
-            out = await self.host.call(
-                engine.transform,
-                job.audio,
-                job.prompt,
-                flowstep=job.flowstep,
-                solver=job.solver,
-                steps=job.steps,
-                seed=seed,
-                progress=progress.report,
-            )
-        except GaryError:
-            raise
-        except Exception as exc:
-            if is_oom(exc):
-                await self.host.call(_empty_cache)
-                raise oom_error() from exc
-            raise
+            async with self._gpu_slot(job, progress) as lease_kind:
+                started = time.monotonic()
+                try:
+                    out = await self.host.call(
+                        engine.transform,
+                        job.audio,
+                        job.prompt,
+                        flowstep=job.flowstep,
+                        solver=job.solver,
+                        steps=job.steps,
+                        seed=seed,
+                        progress=progress.report,
+                    )
+                except GaryError:
+                    raise
+                except Exception as exc:
+                    if is_oom(exc):
+                        await self.host.call(_empty_cache)
+                        raise oom_error() from exc
+                    raise
         finally:
             self.host.release()
         elapsed = time.monotonic() - started

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import torch
@@ -62,6 +63,7 @@ class TerryService:
             loader or default_loader(settings, settings.terry_model),
             idle_seconds=settings.terry_idle_unload_seconds,
             name=settings.terry_model,
+            resident_lease=self._resident_lease if queue is not None else None,
         )
         self.runner = TransformRunner(settings, self.host, queue)
 
@@ -78,6 +80,16 @@ class TerryService:
             keys = settings.api_keys
             queue = QueueClient(settings.queue_url, api_key=keys[0] if keys else None)
         return cls(settings, loader=loader, redis=redis, emitter=emitter, queue=queue)
+
+    def _resident_lease(self) -> AbstractAsyncContextManager[Any]:
+        return self.queue.lease(
+            self.settings.terry_model,
+            lane="transform",
+            owner="terry:resident",
+            vram_mb=self.settings.terry_resident_vram_mb,
+            resident=True,
+            wait_timeout=self.settings.terry_lease_wait_seconds,
+        )
 
     def health(self) -> dict[str, Any]:
         gpu = torch.cuda.is_available()
