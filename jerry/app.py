@@ -1,0 +1,153 @@
+"""Assembly of the jerry service: settings, the GPU worker, the model registry, riffs, routes and the optional queue lease.
+
+Start-up never blocks on the model: the server listens at once, `/health` answers 503 `loading` until the standard
+model is loaded and warmed up on the worker thread, then 200. In demo mode tiny random weights are written in the
+published layout and loaded by the same code (announced in the log, `/health` and every response's metadata).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from garycommon.errors import ErrorCode, GaryError
+from garycommon.httpapp import install_error_handlers
+from garycommon.settings import Settings, get_settings
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+
+from .batcher import Batcher
+from .generation import Generator
+from .models import ModelRegistry
+from .riffs import RiffLibrary
+from .riffsynth import write_riffs
+from .routes import open_router, router
+from .state import JerryState
+
+log = logging.getLogger("jerry")
+
+LEASE_MODEL = "stabilityai/stable-audio-open-small"
+FORM_OVERHEAD = 1024 * 1024
+
+
+def error_body(err: GaryError) -> dict[str, object]:
+    """The original's `{success:false, error}` plus a stable `code`; details (e.g. available_keys) at top level."""
+    return {"success": False, "error": err.message, "code": str(err.code), **err.details}
+
+
+def riffs_dir(settings: Settings) -> Path:
+    return settings.jerry_riffs_dir or settings.data_dir / "riffs"
+
+
+def prepare_demo(settings: Settings) -> Settings:
+    """Write the tiny demo checkpoint (+ tiny T5) and demo riffs; returns settings pointing at them."""
+    from .sao.demo import install_demo
+
+    if settings.local_models_dir is None:
+        settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "models"})
+    settings = settings.model_copy(update={"demo_models": True})
+    written = install_demo(settings)
+    folder = riffs_dir(settings)
+    if not (folder.is_dir() and any(folder.glob("*.wav"))):
+        write_riffs(folder)
+    log.warning("DEMO MODE: serving tiny random-weight SAO-small from %s (noise, not music); riffs in %s", written, folder)
+    return settings
+
+
+class UploadCap(BaseHTTPMiddleware):
+    """Refuse bodies over the cap before reading them (Content-Length), so a huge upload costs nothing."""
+
+    def __init__(self, app: FastAPI, max_bytes: int) -> None:
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            err = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body is larger than {self.max_bytes // (1024 * 1024)} MiB")
+            return JSONResponse(error_body(err), status_code=413)
+        return await call_next(request)
+
+
+async def hold_resident_lease(state: JerryState) -> None:
+    """Hold a permanent resident lease with the queue gateway so other services budget around jerry's VRAM.
+
+    Optional: if the gateway is absent or unreachable jerry keeps serving (solo use) and retries with back-off.
+    """
+    settings = state.settings
+    try:
+        from garycommon.queueclient import QueueClient
+    except ImportError:
+        state.lease = {"state": "unavailable", "error": "garycommon.queueclient is not installed"}
+        return
+    delay = 2.0
+    client = QueueClient(settings.queue_url, api_key=settings.api_keys[0] if settings.api_keys else None)
+    try:
+        while True:
+            try:
+                state.lease = {"state": "waiting"}
+                async with client.lease(LEASE_MODEL, lane="jerry", owner="jerry", vram_mb=settings.jerry_lease_vram_mb,
+                                        resident=True) as lease:
+                    state.lease = {"state": "held", "lease_id": getattr(lease, "id", None)}
+                    log.info("resident lease %s held with the queue gateway", getattr(lease, "id", "?"))
+                    delay = 2.0
+                    await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # gateway down, refused or lease lost: serve on, retry later
+                state.lease = {"state": "retrying", "error": str(exc)}
+                log.warning("queue gateway lease failed (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()
+
+
+def create_app(settings: Settings | None = None, *, demo: bool | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    if demo is not None:
+        settings = settings.model_copy(update={"demo_models": demo})
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal settings
+        if settings.demo_models:
+            settings = await asyncio.to_thread(prepare_demo, settings)
+        batcher = Batcher(max_batch=settings.jerry_max_batch, window_s=settings.jerry_batch_window_ms / 1000)
+        registry = ModelRegistry(settings, batcher)
+        riffs = await asyncio.to_thread(RiffLibrary, riffs_dir(settings))
+        state = JerryState(settings, batcher, registry, riffs, Generator(settings, registry, batcher, riffs))
+        app.state.jerry = state
+        batcher.start()
+        tasks = [asyncio.create_task(registry.load_standard(), name="jerry-load")]
+        if settings.queue_url:
+            tasks.append(asyncio.create_task(hold_resident_lease(state), name="jerry-lease"))
+        log.info("jerry up: model %s on %s%s", settings.jerry_model, registry.device, " [DEMO]" if settings.demo_models else "")
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await asyncio.to_thread(batcher.stop)
+
+    app = FastAPI(
+        title="jerry — stable-audio-open-small API",
+        description="Text-to-audio, BPM-aware loops, style transfer, riff-guided loops. Replies are 44.1 kHz stereo "
+        "16-bit WAV files, or JSON with `audio_base64` + `metadata` when `return_format=base64`.",
+        version="2.0.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, error_body)
+    app.add_middleware(UploadCap, max_bytes=settings.max_audio_bytes + FORM_OVERHEAD)
+    app.include_router(open_router)
+    app.include_router(router)
+    return app
