@@ -1,0 +1,134 @@
+"""Helpers for terry tests: a threaded uvicorn server, test audio, and a Socket.IO room listener."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import uvicorn
+from garycommon.audio import encode_wav
+from garycommon.settings import Settings
+
+MODEL = "facebook/melodyflow-t24-30secs"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadedServer:
+    """uvicorn serving an ASGI app on a background thread (its own event loop), stopped cleanly."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.port = _free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop (to inspect or poke the service it owns)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@dataclass
+class Terry:
+    server: ThreadedServer
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def svc(self) -> Any:
+        return self.server.app.state.terry
+
+
+def wav_b64(seconds: float, rate: int = 44100, channels: int = 2, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    n = int(round(seconds * rate))
+    t = torch.arange(n) / rate
+    tone = 0.3 * torch.sin(2 * torch.pi * 220.0 * t) + 0.05 * torch.randn(n, generator=g)
+    wav = tone.expand(channels, -1).clone()
+    return base64.b64encode(encode_wav(wav, rate)).decode()
+
+
+@dataclass
+class GaryLikeSocketIO:
+    """A python-socketio ASGI server on the shared Redis channel, like gary's; `join` puts a client in a room."""
+
+    server: ThreadedServer
+    redis_url: str
+    channel: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@dataclass
+class RoomListener:
+    """A real python-socketio client in one session's room, recording every event it hears."""
+
+    client: Any
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def of(self, name: str) -> list[dict[str, Any]]:
+        return [data for event, data in self.events if event == name]
+
+
+async def listen(gary: GaryLikeSocketIO, session_id: str) -> RoomListener:
+    """Connect, join the room, and wait until an emit through Redis demonstrably reaches us."""
+    import socketio
+    from garycommon.progress import RedisRoomEmitter
+
+    client = socketio.AsyncClient(reconnection=False)
+    listener = RoomListener(client)
+
+    @client.on("*")
+    async def any_event(event: str, data: dict[str, Any]) -> None:
+        listener.events.append((event, data))
+
+    await client.connect(gary.url, transports=["websocket"], wait_timeout=10)
+    assert await client.call("join", {"session_id": session_id}, timeout=10) == "joined"
+    probe = RedisRoomEmitter(gary.redis_url, gary.channel)
+    deadline = time.monotonic() + 10
+    while not listener.of("probe"):
+        assert time.monotonic() < deadline, "Redis fan-out to the Socket.IO server never arrived"
+        await probe.emit("probe", {"session_id": session_id}, room=session_id)
+        await asyncio.sleep(0.1)
+    listener.events.clear()
+    return listener
