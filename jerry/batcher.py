@@ -1,7 +1,8 @@
 """One GPU worker thread that batches concurrent requests into single engine calls.
 
-Requests whose sampler settings match (same model, steps, sampler, CFG on/off, kind of conditioning audio) share
-one sampler run; each still gets its own seed and therefore the same audio it would get alone. The engine is only
+Everything waiting for the same model goes to the engine in one call; the engine runs requests whose sampler
+settings match (steps, sampler, start level) as one batch, each with its own seeded generator and therefore the
+same audio it would get alone. The engine is only
 ever touched from this thread, so the event loop never blocks on the GPU and two requests never race on the model.
 """
 
@@ -31,16 +32,8 @@ class _Job:
 
 
 def batch_key(engine: Any, request: Any) -> Hashable:
-    """Requests with equal keys can share a sampler run."""
-    return (
-        id(engine),
-        request.steps,
-        request.sampler_type,
-        request.cfg_scale != 1.0,
-        request.init_audio is not None,
-        request.init_noise_level,
-        request.guide_audio is not None,
-    )
+    """Requests for the same engine go into one call; the engine groups them into sampler runs by settings."""
+    return id(engine)
 
 
 class Batcher:

@@ -185,7 +185,7 @@ class Generator:
         audio, took = await self._run(
             entry, prompt=shaped.prompt, negative_prompt=shaped.negative_prompt, seconds_total=plan.seconds,
             steps=req.steps, cfg_scale=req.cfg_scale, seed=seed, sampler_type=sampler, guide_audio=guide,
-            guide_mask=mask * req.guidance_strength ** 0.5,
+            guide_mask=mask, guide_strength=req.guidance_strength,
         )
         normalize = self._normalize(req.normalize)
         wav = render_wav(audio, entry.sample_rate, plan.samples, normalize=normalize)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from garycommon.devices import pick_device
-from garycommon.errors import ErrorCode, GaryError, ModelLoadError
+from garycommon.errors import ErrorCode, GaryError
 from garycommon.hub import check_allowed, local_dir_for, resolve_model_dir
 from garycommon.settings import Settings
 
@@ -47,8 +47,7 @@ class ModelEntry:
 
     @property
     def window_samples(self) -> int:
-        size = getattr(self.engine, "sample_size", None)
-        return int(size) if size else round(float(self.engine.max_seconds) * self.sample_rate)
+        return int(self.engine.cfg.sample_size)
 
     @property
     def window_seconds(self) -> float:
@@ -56,11 +55,11 @@ class ModelEntry:
 
     @property
     def objective(self) -> str:
-        return str(getattr(self.engine, "diffusion_objective", "rf_denoiser"))
+        return str(self.engine.cfg.objective)
 
     @property
     def downsampling(self) -> int:
-        return int(getattr(self.engine, "downsampling_ratio", 2048))
+        return int(self.engine.cfg.vae.downsampling_ratio)
 
     def describe(self, device: str) -> dict[str, Any]:
         return {"type": self.type, "source": self.source, "device": device, "sample_rate": self.sample_rate,
@@ -104,7 +103,7 @@ class ModelRegistry:
     def _load_and_warm(self, name: str) -> Any:
         from .sao import SAOEngine
 
-        engine = SAOEngine.load(name, self.settings, self.device)
+        engine = SAOEngine.load(name, self.settings, self.device, max_batch=self.settings.jerry_max_batch)
         engine.warmup()
         return engine
 
@@ -147,10 +146,8 @@ class ModelRegistry:
         from .sao import SAOEngine
 
         def load() -> Any:
-            loader = getattr(SAOEngine, "load_finetune", None)
-            if loader is None:
-                raise ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, "this build of the engine cannot load fine-tunes")
-            engine = loader(repo, checkpoint, self.settings, self.device)
+            engine = SAOEngine.load(repo, self.settings, self.device, checkpoint=checkpoint, base=self.settings.jerry_model,
+                                    client_named=True, max_batch=self.settings.jerry_max_batch)
             engine.warmup()
             return engine, self._read_prompts(repo)
 

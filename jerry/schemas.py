@@ -83,8 +83,8 @@ class LoopGuidedRequest(_Base, _ModelChoice):
     cfg_scale: float = Field(6.0, ge=0, le=20)
     guidance_mask: Literal["fade", "full", "first_bar"] = Field("fade", description="Which part of the riff guides")
     guidance_strength: float = Field(1.0, ge=0, le=10, description="Pull towards the riff (0 = unguided)")
-    guidance_start_weight: float | None = Field(None, ge=0, le=10, description="Mask level at the start (default 1)")
-    guidance_end_weight: float | None = Field(None, ge=0, le=10, description="Mask level at the end (default = start)")
+    guidance_start_weight: float | None = Field(None, ge=0, le=1, description="Mask level at the start (default 1)")
+    guidance_end_weight: float | None = Field(None, ge=0, le=1, description="Mask level at the end (default = start)")
     sampler_type: SamplerType | None = None
 
 
