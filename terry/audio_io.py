@@ -98,8 +98,7 @@ def load_input(audio_file_path: str | None, audio_b64: str | None, settings: Set
 class Framing:
     """How the input maps to the model and back."""
 
-    model_rate: int       # rate of the tensor handed to the engine
-    decoded_rate: int     # rate the engine's output is interpreted at (differs from model_rate only in legacy mode)
+    model_rate: int  # rate of the tensor handed to the engine (its codec rate; legacy: 32 kHz, heard as 48 kHz)
     out_rate: int
     out_frames: int
 
@@ -107,9 +106,7 @@ class Framing:
 def framing(audio: Audio, engine_rate: int, *, legacy: bool, output_sample_rate: int | None) -> Framing:
     out_rate = int(output_sample_rate or audio.sample_rate)
     out_frames = int(round(audio.num_samples * out_rate / audio.sample_rate))
-    if legacy:
-        return Framing(LEGACY_RATE, LEGACY_RATE, out_rate, out_frames)
-    return Framing(engine_rate, engine_rate, out_rate, out_frames)
+    return Framing(LEGACY_RATE if legacy else engine_rate, out_rate, out_frames)
 
 
 def to_model(audio: Audio, frame: Framing) -> torch.Tensor:
@@ -118,10 +115,12 @@ def to_model(audio: Audio, frame: Framing) -> torch.Tensor:
     return resample(wav, audio.sample_rate, frame.model_rate).contiguous()
 
 
-def from_model(wav: torch.Tensor, frame: Framing) -> torch.Tensor:
-    """Back to the output rate, cropped or zero-padded to exactly `out_frames`, finite, peak-limited to 1.0."""
+def from_model(wav: torch.Tensor, rate: int, frame: Framing) -> torch.Tensor:
+    """The engine's output at `rate` back to the output rate, cropped or zero-padded to exactly `out_frames`,
+    finite, and peak-limited to 1.0."""
     wav = torch.nan_to_num(wav.detach().to(torch.float32).cpu(), nan=0.0, posinf=0.0, neginf=0.0)
-    wav = resample(wav, frame.decoded_rate, frame.out_rate)
+    wav = to_stereo(wav)
+    wav = resample(wav, rate, frame.out_rate)
     n = wav.shape[-1]
     if n > frame.out_frames:
         wav = wav[..., : frame.out_frames]

@@ -50,6 +50,7 @@ async def transform(request: Request) -> dict[str, Any]:
         session_id=session_id,
         prompt=prompt,
         audio=audio_io.to_model(audio, frame),
+        rate=frame.model_rate,
         seconds=audio.duration,
         flowstep=flowstep,
         solver=solver,
@@ -67,7 +68,7 @@ async def transform(request: Request) -> dict[str, Any]:
         ok = True
     finally:
         await progress.finish(success=ok)
-    wav = await svc.host.call(audio_io.from_model, outcome.audio, frame)
+    wav = await svc.host.call(audio_io.from_model, outcome.audio, outcome.sample_rate, frame)
     encoded = await svc.host.call(audio_io.wav_b64, wav, frame.out_rate)
     return {
         "audio": encoded,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from garycommon.audio import resample
 from garycommon.errors import GaryError
 from garycommon.settings import Settings
 
@@ -36,7 +37,8 @@ LEASE_NOTICE_AFTER_S = 1.0
 class TransformJob:
     session_id: str
     prompt: str
-    audio: torch.Tensor  # [2, T] at the engine's rate
+    audio: torch.Tensor  # [2, T] at `rate`
+    rate: int
     seconds: float
     flowstep: float
     solver: str
@@ -48,7 +50,8 @@ class TransformJob:
 
 @dataclass
 class TransformOutcome:
-    audio: torch.Tensor
+    audio: torch.Tensor  # [2, T'] at `sample_rate` (the engine's)
+    sample_rate: int
     seed: int
     seconds: float
     loaded_model: bool
@@ -151,13 +154,16 @@ class TransformRunner:
             )
         engine = await self.host.acquire()
         seed = job.seed if job.seed is not None else secrets.randbelow(2**32)
+        audio = job.audio
+        if engine.sample_rate != job.rate:  # the route guessed the rate before the (lazy) load; trust the engine
+            audio = resample(audio, job.rate, engine.sample_rate)
         try:
             async with self._gpu_slot(job, progress) as lease_kind:
                 started = time.monotonic()
                 try:
                     out = await self.host.call(
                         engine.transform,
-                        job.audio,
+                        audio,
                         job.prompt,
                         flowstep=job.flowstep,
                         solver=job.solver,
@@ -180,7 +186,9 @@ class TransformRunner:
             "transform %s: %.1f s of audio, %s/%d steps, flowstep %.3f, seed %d, %.2f s (%s lease)",
             job.session_id, job.seconds, job.solver, job.steps, job.flowstep, seed, elapsed, lease_kind,
         )
-        return TransformOutcome(audio=out, seed=seed, seconds=elapsed, loaded_model=must_load, lease=lease_kind)
+        return TransformOutcome(
+            audio=out, sample_rate=engine.sample_rate, seed=seed, seconds=elapsed, loaded_model=must_load, lease=lease_kind
+        )
 
 
 def _empty_cache() -> None:

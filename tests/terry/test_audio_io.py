@@ -69,7 +69,7 @@ def test_round_trip_length_is_exact(rate: int, frames: int, out_rate: int | None
     model_in = audio_io.to_model(audio, frame)
     assert model_in.shape[0] == 2
     assert abs(model_in.shape[1] - frames * 48000 / rate) <= 1
-    out = audio_io.from_model(model_in * 3.0, frame)  # loud: must come back peak-limited
+    out = audio_io.from_model(model_in * 3.0, frame.model_rate, frame)  # loud: must come back peak-limited
     expected = frames if out_rate is None else round(frames * out_rate / rate)
     assert out.shape == (2, expected) and frame.out_rate == (out_rate or rate)
     assert float(out.abs().max()) <= 1.0 + 1e-6
@@ -80,7 +80,7 @@ def test_legacy_mode_feeds_32k_samples_and_reads_them_back_as_32k() -> None:
     frame = audio_io.framing(audio, 48000, legacy=True, output_sample_rate=None)
     model_in = audio_io.to_model(audio, frame)
     assert model_in.shape[1] == 64000  # 2 s at 32 kHz, which the 48 kHz codec will hear as 1.33 s
-    assert audio_io.from_model(model_in, frame).shape == (2, 44100 * 2)
+    assert audio_io.from_model(model_in, frame.model_rate, frame).shape == (2, 44100 * 2)
 
 
 def test_load_input_checks_duration_before_any_model_work(tmp_path: Path) -> None:
