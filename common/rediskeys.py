@@ -71,6 +71,29 @@ def session_job(session_id: str) -> str:
     return f"gary:session_job:{session_id}"
 
 
+JOB_TTL = 6 * HOUR
+ACTIVE_GENERATIONS_TTL = HOUR
+RESTORE_TTL = HOUR
+
+
+def job_claim(job_id: str) -> str:
+    """SET NX marker: the first `ready` for a job starts it, duplicates and re-deliveries are ignored."""
+    return f"gary:job_claim:{job_id}"
+
+
+SUBMIT_LOCK_TTL = 30
+
+
+def submit_lock(session_id: str) -> str:
+    """Short lock so two simultaneous requests for one session can't both start a job."""
+    return f"gary:submit_lock:{session_id}"
+
+
+def restore_upload(session_id: str) -> str:
+    """Hash of a chunked restore in progress (`begun`, running `bytes` total) so chunks can't fill Redis."""
+    return f"gary:restore:{session_id}"
+
+
 def active_generations() -> str:
     """Sorted set of sessions generating now (replaces SCAN over *_generation_in_progress for throttling)."""
     return "gary:active_generations"

@@ -1,0 +1,156 @@
+"""Assembly: the python-socketio ASGI server and the FastAPI app on one port, their shared objects, start and stop.
+
+Socket.IO: path /socket.io, ping 120/240 s (gary4live's), messages up to 64 MiB (+ framing), CORS *, and an
+`AsyncRedisManager` on SOCKETIO_CHANNEL so every gary process and terry can emit into any session's room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+import socketio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from garycommon.devices import pick_device
+from garycommon.httpapp import WS_MAX_BYTES, default_error_body, install_error_handlers
+from garycommon.progress import StatusStore
+from garycommon.settings import Settings, get_settings
+
+from . import events, routes_juce, routes_misc
+from .catalog import all_model_names
+from .context import GaryContext
+from .dispatch import Dispatcher, GatewayDispatcher, SoloDispatcher
+from .jobs import JobStore
+from .notifications import Notifier
+from .operations import Operations
+from .payloads import MAX_AUDIO_TEXT
+from .runner import JobRunner
+from .sessions import open_session_store
+from .throttle import ProgressThrottle
+from .transform import TerryClient
+
+log = logging.getLogger("gary")
+
+HTTP_BODY_LIMIT = MAX_AUDIO_TEXT + 1024 * 1024  # one base64 upload plus its JSON envelope
+
+
+class BodyLimit:
+    """Refuses HTTP bodies over `limit` with 413 JSON before buffering them (a 100 MB string costs nothing)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._too_large(send)
+            return
+        received = 0
+        messages: list[dict[str, Any]] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                await self._too_large(send)
+                return
+            if not message.get("more_body"):
+                break
+
+        async def replay() -> dict[str, Any]:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Any) -> None:
+        body = json.dumps({"success": False, "error": f"Request body is larger than {self.limit // (1024 * 1024)} MiB",
+                           "code": "DATA_TOO_LARGE"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _engine_factory(settings: Settings) -> Any:
+    def make() -> Any:
+        from .musicgen import MusicGenEngine
+
+        return MusicGenEngine(settings, pick_device(settings.device))
+
+    return make
+
+
+def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
+    settings = settings or get_settings()
+    if settings.demo_models and settings.local_models_dir is None:
+        settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "demo-models"})
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    sio = socketio.AsyncServer(
+        async_mode="asgi",
+        client_manager=socketio.AsyncRedisManager(settings.redis_url, channel=settings.socketio_channel),
+        cors_allowed_origins="*",
+        ping_interval=120,
+        ping_timeout=240,
+        max_http_buffer_size=WS_MAX_BYTES,
+        logger=False,
+        engineio_logger=False,
+    )
+    store = open_session_store(settings)
+    status = StatusStore(redis)
+    notifier = Notifier(sio, status)
+    jobs = JobStore(redis)
+    terry = TerryClient(settings)
+    runner: JobRunner
+
+    def vram_for(model: str) -> int | None:
+        try:
+            return int(runner.engine().vram_mb(model))
+        except Exception:
+            return None  # the gateway derives a size from the model name
+
+    dispatcher: Dispatcher = GatewayDispatcher(settings, vram_for) if settings.queue_url else SoloDispatcher(notifier)
+    runner = JobRunner(settings, store, jobs, status, notifier, ProgressThrottle(redis), dispatcher, terry,
+                       _engine_factory(settings))
+    ops = Operations(settings, redis, store, jobs, status, dispatcher)
+    ctx = GaryContext(settings=settings, redis=redis, sio=sio, store=store, jobs=jobs, status=status, notifier=notifier,
+                      dispatcher=dispatcher, runner=runner, terry=terry, ops=ops)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if settings.demo_models:
+            log.warning("DEMO MODE: every MusicGen model is a tiny random-weight stand-in (noise, not music)")
+            from .musicgen.demo import install_demo
+
+            await asyncio.to_thread(install_demo, settings, all_model_names())
+        await dispatcher.start(runner.run)
+        log.info("gary ready: queue %s, sessions %s", settings.queue_url or "solo (in-process FIFO)",
+                 settings.session_store)
+        try:
+            yield
+        finally:
+            await runner.aclose()
+            await dispatcher.aclose()
+            await terry.aclose()
+            await store.aclose()
+            await redis.aclose()
+
+    api = FastAPI(title="gary", description="MusicGen continuation server (gary4live, gary4juce, gary4beatbox)",
+                  lifespan=lifespan)
+    api.state.gary = ctx
+    install_error_handlers(api, default_error_body)
+    api.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    api.include_router(routes_juce.router)
+    api.include_router(routes_misc.router)
+    events.register(sio, ctx)
+    return socketio.ASGIApp(sio, other_asgi_app=BodyLimit(api, HTTP_BODY_LIMIT), socketio_path="socket.io")

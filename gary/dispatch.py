@@ -1,0 +1,157 @@
+"""Where jobs wait for the GPU: the queue gateway (callback style), or gary's own FIFO when QUEUE_URL is empty.
+
+Gateway: `submit` enqueues; the gateway later POSTs `ready` to /task_notification and `JobRunner.start_ready` runs
+the job. Solo: one FIFO per lane (generation, transform) in this process, one job at a time each, with the same
+`queue_status` messages the gateway's callbacks produce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from garycommon.errors import GaryError
+from garycommon.queueclient import QueueClient
+from garycommon.settings import Settings
+
+from .jobs import GENERATION_LANE, TRANSFORM_LANE, Job
+from .notifications import Notifier, queue_status_payload
+
+log = logging.getLogger(__name__)
+
+RunJob = Callable[[Job], Awaitable[None]]
+ALIVE_STATUSES = frozenset({"queued", "ready", "processing", "warming", "granted", "running"})
+
+
+class Dispatcher(Protocol):
+    async def start(self, run: RunJob) -> None: ...
+    async def submit(self, job: Job) -> None: ...
+    async def report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
+                     fencing_token: int | str | None = None) -> None: ...
+    async def heartbeat(self, job: Job) -> None: ...
+    async def queued_alive(self, job: Job) -> bool: ...
+    async def live_status(self, job: Job) -> dict[str, Any] | None: ...
+    def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    async def aclose(self) -> None: ...
+
+
+class GatewayDispatcher:
+    def __init__(self, settings: Settings, vram_for: Callable[[str], int | None]) -> None:
+        self.settings = settings
+        self.vram_for = vram_for
+        self.client = QueueClient(settings.queue_url, api_key=settings.api_keys[0] if settings.api_keys else None)
+
+    async def start(self, run: RunJob) -> None:
+        """Nothing to run here: `ready` callbacks start jobs."""
+
+    async def submit(self, job: Job) -> None:
+        if job.lane == TRANSFORM_LANE:
+            model, vram = self.settings.terry_model, self.settings.terry_vram_mb
+        else:
+            model = job.params["model_name"]
+            vram = await asyncio.to_thread(self.vram_for, model)
+        await self.client.enqueue(job.lane, job.session_id, job.type, {"job_id": job.job_id, **job.params},
+                                  callback_url=self.settings.gary_url, model=model, vram_mb=vram)
+
+    async def report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
+                     fencing_token: int | str | None = None) -> None:
+        token = fencing_token if isinstance(fencing_token, int) else None
+        await self.client.set_status(lane, session_id, status, error=error, fencing_token=token)
+
+    async def heartbeat(self, job: Job) -> None:
+        token = job.fencing_token if isinstance(job.fencing_token, int) else None
+        await self.client.heartbeat(job.lane, job.session_id, fencing_token=token)
+
+    async def queued_alive(self, job: Job) -> bool:
+        """A job gary thinks is queued still blocks its session only if the gateway still has it."""
+        try:
+            task = await self.client.task(job.lane, job.session_id)
+        except GaryError:
+            return True  # gateway unreachable: keep refusing duplicates rather than double-queue
+        return task is not None and str(task.get("status", "queued")) in ALIVE_STATUSES
+
+    async def live_status(self, job: Job) -> dict[str, Any] | None:
+        try:
+            task = await asyncio.wait_for(self.client.task(job.lane, job.session_id), timeout=0.5)
+        except (GaryError, TimeoutError):
+            return None
+        if not task:
+            return None
+        queue = task.get("queue_status") if isinstance(task.get("queue_status"), dict) else task
+        payload = queue_status_payload(job.session_id, str(task.get("status", "queued")), queue)
+        payload["source"] = "go_service_direct"
+        return payload
+
+    def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """A VRAM lease for work outside a task (warm-up), so it never overlaps what the gateway scheduled."""
+        return self.client.lease(model, lane=GENERATION_LANE, owner="gary-warmup", vram_mb=self.vram_for(model))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class SoloDispatcher:
+    """No gateway: a FIFO per lane, each drained by one worker task (one GPU job at a time per lane)."""
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+        self._queues: dict[str, asyncio.Queue[Job]] = {GENERATION_LANE: asyncio.Queue(), TRANSFORM_LANE: asyncio.Queue()}
+        self._waiting: dict[str, list[str]] = {GENERATION_LANE: [], TRANSFORM_LANE: []}
+        self._running: dict[str, str | None] = {GENERATION_LANE: None, TRANSFORM_LANE: None}
+        self._workers: list[asyncio.Task[None]] = []
+
+    async def start(self, run: RunJob) -> None:
+        for lane in self._queues:
+            self._workers.append(asyncio.create_task(self._worker(lane, run), name=f"gary-solo-{lane}"))
+
+    async def submit(self, job: Job) -> None:
+        lane = job.lane
+        self._waiting[lane].append(job.job_id)
+        await self._queues[lane].put(job)
+        if self._running[lane] is not None:
+            position = len(self._waiting[lane])
+            await self.notifier.queue_status(queue_status_payload(job.session_id, "queued", {
+                "queued_tasks": position, "active_tasks": 1, "position": position,
+                "estimated_wait_seconds": 30.0 * position}), job.requester)
+
+    async def _worker(self, lane: str, run: RunJob) -> None:
+        queue = self._queues[lane]
+        while True:
+            job = await queue.get()
+            self._waiting[lane].remove(job.job_id)
+            self._running[lane] = job.job_id
+            try:
+                await self.notifier.queue_status(queue_status_payload(job.session_id, "ready", {
+                    "queued_tasks": 0, "active_tasks": 1, "estimated_wait_seconds": 0}), job.requester)
+                await run(job)
+            except Exception:
+                log.exception("solo job %s crashed", job.job_id)
+            finally:
+                self._running[lane] = None
+
+    async def report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
+                     fencing_token: int | str | None = None) -> None:
+        """No gateway to tell."""
+
+    async def heartbeat(self, job: Job) -> None:
+        """No lease to keep alive."""
+
+    async def queued_alive(self, job: Job) -> bool:
+        return job.job_id in self._waiting[job.lane] or self._running[job.lane] == job.job_id
+
+    async def live_status(self, job: Job) -> dict[str, Any] | None:
+        return None
+
+    def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The GPU worker thread already serialises everything in solo mode."""
+        return contextlib.nullcontext()
+
+    async def aclose(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

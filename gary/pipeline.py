@@ -1,0 +1,102 @@
+"""The audio math around a MusicGen call (spec §3), blocking: run it in gary's GPU worker thread, never on the loop.
+
+* bang (`process_audio`): prompt = the FIRST `prompt_duration` seconds; output = `output_seconds` of audio (the
+  re-synthesised prompt plus its continuation).
+* continue / retry: prompt = the LAST `prompt_duration` seconds; output = input minus that tail ++ the generation.
+* Channels: the prompt keeps the input's channels (the engine down-mixes by averaging for mono models, where the
+  original used the left channel); the output has the input's channel count (mono stays mono, stereo stays stereo) at
+  the input's sample rate, for bang and continue alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from garycommon.audio import Audio, decode_audio_bytes, encode_wav, peak_normalize, resample, to_channels
+from garycommon.errors import AudioError, ErrorCode
+
+from .catalog import default_description
+
+MIN_INPUT_SECONDS = 0.1
+
+
+@dataclass
+class GenerationOutput:
+    wav: bytes
+    seed: int
+    sample_rate: int
+    seconds: float
+    generation_time: float
+
+
+def _io_channels(audio: Audio) -> int:
+    return 1 if audio.channels == 1 else 2
+
+
+def take_prompt(audio: Audio, prompt_duration: float, *, from_end: bool) -> torch.Tensor:
+    """First (bang) or last (continue/retry) `prompt_duration` seconds; the whole input when it is shorter."""
+    n = min(audio.num_samples, max(1, int(round(prompt_duration * audio.sample_rate))))
+    wav = to_channels(audio.waveform, _io_channels(audio))
+    return wav[:, -n:] if from_end else wav[:, :n]
+
+
+def fit_output(generated: torch.Tensor, generated_sr: int, like: Audio) -> torch.Tensor:
+    """Generation resampled to the input's rate and given the input's channel count."""
+    return resample(to_channels(generated, _io_channels(like)), generated_sr, like.sample_rate)
+
+
+def continuation(audio: Audio, generated: torch.Tensor, prompt_duration: float) -> torch.Tensor:
+    """Input minus its last `prompt_duration` seconds ++ the generation (which re-synthesises that tail)."""
+    head_len = max(0, audio.num_samples - int(round(prompt_duration * audio.sample_rate)))
+    head = to_channels(audio.waveform, _io_channels(audio))[:, :head_len]
+    return torch.cat([head, generated.to(head.dtype)], dim=1)
+
+
+def encode_result(wav: torch.Tensor, sample_rate: int) -> bytes:
+    """32-bit float WAV, scaled down only when it would clip (as the original)."""
+    return encode_wav(peak_normalize(wav, only_if_above=True), sample_rate, subtype="FLOAT")
+
+
+def decode_input(raw: bytes, max_bytes: int) -> Audio:
+    audio = decode_audio_bytes(raw, max_bytes=max_bytes)
+    if audio.duration < MIN_INPUT_SECONDS:
+        raise AudioError(ErrorCode.AUDIO_TOO_SHORT, f"audio is {audio.duration:.3f} s; at least {MIN_INPUT_SECONDS} s needed")
+    return audio
+
+
+def generate(engine: Any, job_type: str, params: dict[str, Any], raw_input: bytes, *, max_bytes: int,
+             progress: Callable[[int, int], None] | None = None) -> GenerationOutput:
+    """Decode the stored input, prompt the engine, assemble and encode the result (blocking)."""
+    from gary.musicgen import GenerationRequest
+
+    audio = decode_input(raw_input, max_bytes)
+    prompt_duration = float(params["prompt_duration"])
+    bang = job_type == "process_audio"
+    description = params.get("description") or default_description(params["model_name"])
+    request = GenerationRequest(
+        model_name=params["model_name"],
+        prompt=take_prompt(audio, prompt_duration, from_end=not bang),
+        prompt_sr=audio.sample_rate,
+        duration=float(params["output_seconds"]),
+        description=description,
+        top_k=int(params["top_k"]),
+        temperature=float(params["temperature"]),
+        cfg_coef=float(params["cfg_coef"]),
+        seed=params.get("seed"),
+    )
+    started = time.monotonic()
+    (result,) = engine.generate([request], progress=progress)
+    elapsed = time.monotonic() - started
+    generated = fit_output(result.audio.float().cpu(), result.sample_rate, audio)
+    wav = generated if bang else continuation(audio, generated, prompt_duration)
+    return GenerationOutput(
+        wav=encode_result(wav, audio.sample_rate),
+        seed=int(result.seed),
+        sample_rate=audio.sample_rate,
+        seconds=wav.shape[-1] / audio.sample_rate,
+        generation_time=elapsed,
+    )

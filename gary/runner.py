@@ -1,0 +1,279 @@
+"""Runs one job once it may use the GPU: state changes, heartbeats, the work itself, results and reports.
+
+Every outcome is reported to the dispatcher (gateway) — including failures before the work starts (missing session
+or audio), which the original never reported, leaving the gateway slot occupied. A failing status report after a
+successful emit is only logged, never turned into a spurious `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from garycommon.errors import ErrorCode, GaryError
+from garycommon.progress import StatusStore
+from garycommon.settings import Settings
+
+from . import pipeline
+from .dispatch import Dispatcher
+from .jobs import ACTIVE_STATES, GENERATION_LANE, TRANSFORM_LANE, Job, JobStore
+from .notifications import Notifier
+from .sessions import SessionStore
+from .throttle import ProgressThrottle
+from .transform import TerryClient
+
+log = logging.getLogger(__name__)
+
+INPUT_SLOT = {
+    "process_audio": "initial_audio",
+    "continue_music": "last_processed_audio",
+    "retry_music": "last_input_audio",
+    "transform_audio": "transform_input_audio",
+}
+
+
+@dataclass
+class Output:
+    wav: bytes
+    seed: int | None
+    metadata: dict[str, Any]
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: SessionStore, jobs: JobStore, status: StatusStore, notifier: Notifier,
+                 throttle: ProgressThrottle, dispatcher: Dispatcher, terry: TerryClient,
+                 engine_factory: Callable[[], Any]) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.status = status
+        self.notifier = notifier
+        self.throttle = throttle
+        self.dispatcher = dispatcher
+        self.terry = terry
+        self._engine_factory = engine_factory
+        self._engine: Any = None
+        # One GPU worker thread: MusicGen never runs on the event loop, and never twice at once in this process.
+        self.gpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gary-gpu")
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.warmup_state: dict[str, dict[str, Any]] = {}
+
+    # --- engine -----------------------------------------------------------------------------------------------
+    def engine(self) -> Any:
+        """Created on first use inside the GPU thread (importing/allocating CUDA state off the event loop)."""
+        if self._engine is None:
+            self._engine = self._engine_factory()
+        return self._engine
+
+    async def in_gpu_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.gpu, functools.partial(fn, *args))
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- entry points -------------------------------------------------------------------------------------------
+    async def start_ready(self, session_id: str, job_type: str, *, lease_id: str | None,
+                          fencing_token: int | str | None) -> str:
+        """A `ready` callback: start the session's pending job exactly once; anything else is reported failed."""
+        job = await self.jobs.current(session_id)
+        lane = TRANSFORM_LANE if job_type == "transform_audio" else GENERATION_LANE
+        if job is None or job.type != job_type or job.state not in ACTIVE_STATES:
+            await self._report(lane, session_id, "failed", error="gary has no pending job for this task",
+                               fencing_token=fencing_token)
+            return "no pending job for this task; reported failed"
+        if not await self.jobs.claim(job.job_id):
+            return "job already started"
+        job.lease_id = lease_id
+        job.fencing_token = fencing_token
+        self.spawn(self.run(job))
+        return "job started"
+
+    async def run(self, job: Job) -> None:
+        sid = job.session_id
+        heartbeat: asyncio.Task[None] | None = None
+        try:
+            await self.jobs.update(job, state="warming", heartbeat_at=time.time())
+            await self.status.set_status(sid, "warming", job_id=job.job_id)
+            await self.status.set_queue_status(sid, self._warming_status(job))
+            await self._report(job.lane, sid, "processing", fencing_token=job.fencing_token)
+            if job.lane == GENERATION_LANE:
+                await self.throttle.mark_active(sid)
+            heartbeat = asyncio.create_task(self._heartbeat(job))
+            output = await (self._transform(job) if job.lane == TRANSFORM_LANE else self._generate(job))
+            await self._succeed(job, output)
+        except asyncio.CancelledError:
+            await self._fail(job, GaryError(ErrorCode.SERVICE_UNAVAILABLE, "gary is shutting down; please retry"))
+            raise
+        except Exception as exc:
+            if not isinstance(exc, GaryError):
+                log.exception("job %s (%s) crashed", job.job_id, job.type)
+            err = exc if isinstance(exc, GaryError) else GaryError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            await self._fail(job, err)
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
+            if job.lane == GENERATION_LANE:
+                await self.throttle.mark_done(sid)
+
+    async def fail_queued(self, job: Job, message: str) -> None:
+        """The gateway dropped a task that never started (expired, cancelled): tell the client instead of hanging."""
+        if await self.jobs.claim(job.job_id):
+            await self._fail(job, GaryError(ErrorCode.QUEUE_UNAVAILABLE, message))
+
+    def start_warmup(self, models: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        for model in models:
+            if self.warmup_state.get(model, {}).get("status") not in ("queued", "loading"):
+                self.warmup_state[model] = {"status": "queued", "description": "preload into the GPU worker"}
+                self.spawn(self._warm(model))
+        return dict(self.warmup_state)
+
+    async def _warm(self, model: str) -> None:
+        try:
+            async with self.dispatcher.gpu_slot(model):
+                self.warmup_state[model] = {"status": "loading"}
+                started = time.monotonic()
+                await self.in_gpu_thread(lambda: self.engine().preload(model))
+            self.warmup_state[model] = {"status": "ready", "message": f"loaded in {time.monotonic() - started:.1f} s"}
+        except Exception as exc:
+            log.warning("warm-up of %s failed: %s", model, exc)
+            self.warmup_state[model] = {"status": "failed", "error": str(exc)}
+
+    # --- the work ---------------------------------------------------------------------------------------------
+    async def _input(self, job: Job) -> bytes:
+        slot = INPUT_SLOT[job.type]
+        raw = await self.store.get_audio(job.session_id, slot)  # type: ignore[arg-type]
+        if raw is None:
+            raise GaryError(ErrorCode.NOT_FOUND, f"session {job.session_id} has no {slot} (expired or deleted)")
+        return raw
+
+    async def _generate(self, job: Job) -> Output:
+        raw = await self._input(job)
+        progress = self._progress_callback(job, asyncio.get_running_loop())
+
+        def work() -> pipeline.GenerationOutput:
+            return pipeline.generate(self.engine(), job.type, job.params, raw, max_bytes=self.settings.max_audio_bytes,
+                                     progress=progress)
+
+        out: pipeline.GenerationOutput = await self.in_gpu_thread(work)
+        if job.type == "continue_music":
+            await self.store.put_audio(job.session_id, "last_input_audio", raw)
+        await self.store.put_audio(job.session_id, "last_processed_audio", out.wav)
+        return Output(out.wav, out.seed, {
+            "model_name": job.params["model_name"], "prompt_duration": job.params["prompt_duration"],
+            "seed": out.seed, "sample_rate": out.sample_rate, "duration": round(out.seconds, 4),
+            "generation_time": round(out.generation_time, 3),
+        })
+
+    async def _transform(self, job: Job) -> Output:
+        raw = await self._input(job)
+        wav, meta = await self.terry.transform(job.session_id, raw, job.params, lease_id=job.lease_id,
+                                               fencing_token=job.fencing_token)
+        await self.store.put_audio(job.session_id, "last_input_audio", raw)
+        await self.store.put_audio(job.session_id, "last_processed_audio", wav)
+        seed = meta.get("seed") if isinstance(meta.get("seed"), int) else None
+        return Output(wav, seed, {"variation": job.params["variation"], **meta})
+
+    # --- outcomes ---------------------------------------------------------------------------------------------
+    async def _succeed(self, job: Job, output: Output) -> None:
+        sid = job.session_id
+        audio_b64 = await asyncio.to_thread(lambda: base64.b64encode(output.wav).decode("ascii"))
+        await self.jobs.update(job, state="completed", error=None, error_code=None,
+                               seed=output.seed if output.seed is not None else job.seed)
+        await self.status.set_status(sid, "completed", job_id=job.job_id)
+        await self.status.set_progress(sid, 100)
+        await self.notifier.emit("progress_update", {"progress": 100, "session_id": sid}, sid, job.requester)
+        await self.notifier.emit(job.result_event, self.result_payload(job, audio_b64, output.metadata), sid,
+                                 job.requester)
+        await self._report(job.lane, sid, "completed", fencing_token=job.fencing_token)
+
+    def result_payload(self, job: Job, audio_b64: str, metadata: dict[str, Any]) -> dict[str, Any]:
+        payload: dict[str, Any] = {"audio_data": audio_b64, "session_id": job.session_id, "job_id": job.job_id,
+                                   "metadata": {**metadata, "demo": self.settings.demo_models}}
+        if job.type == "transform_audio":
+            payload["variation"] = job.params["variation"]
+        if job.seed is not None:
+            payload["seed"] = job.seed
+        return payload
+
+    async def _fail(self, job: Job, err: GaryError) -> None:
+        sid = job.session_id
+        log.warning("job %s (%s, session %s) failed: %s", job.job_id, job.type, sid, err.message)
+        try:
+            await self.jobs.update(job, state="failed", error=err.message, error_code=str(err.code))
+            await self.status.set_status(sid, "failed", error=err.message, job_id=job.job_id)
+        except Exception:
+            log.exception("could not record failure of job %s", job.job_id)
+        await self.notifier.error(err, sid, job.requester)
+        await self._report(job.lane, sid, "failed", error=err.message, fencing_token=job.fencing_token)
+
+    async def _report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
+                      fencing_token: int | str | None = None) -> None:
+        try:
+            await self.dispatcher.report(lane, session_id, status, error=error, fencing_token=fencing_token)
+        except Exception as exc:
+            log.warning("could not report %s for %s to the queue: %s", status, session_id, exc)
+
+    # --- liveness and progress ----------------------------------------------------------------------------------
+    async def _heartbeat(self, job: Job) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gary_heartbeat_seconds)
+            try:
+                await self.jobs.update(job, heartbeat_at=time.time())
+                if job.lane == GENERATION_LANE:
+                    await self.throttle.mark_active(job.session_id)
+                await self.dispatcher.heartbeat(job)
+            except Exception as exc:
+                log.warning("heartbeat of job %s failed: %s", job.job_id, exc)
+
+    def _warming_status(self, job: Job) -> dict[str, Any]:
+        what = job.params.get("model_name") or "MelodyFlow model"
+        return {"status": "warming", "message": f"loading {what} (first run / hub download)", "position": 0,
+                "total_queued": 0, "estimated_time": None, "estimated_seconds": 0, "session_id": job.session_id,
+                "source": "gary"}
+
+    def _progress_callback(self, job: Job, loop: asyncio.AbstractEventLoop) -> Callable[[int, int], None]:
+        """Called from the GPU thread; hops to the loop only when the integer percent changes (never 100 early)."""
+        last = [-1]
+
+        def callback(step: int, total: int) -> None:
+            percent = min(99, int(step * 100 / max(1, total)))
+            if percent <= last[0]:
+                return
+            last[0] = percent
+            loop.call_soon_threadsafe(self.spawn, self._progress(job, percent))
+
+        return callback
+
+    async def _progress(self, job: Job, percent: int) -> None:
+        sid = job.session_id
+        with contextlib.suppress(Exception):
+            if percent > 0 and job.state == "warming":
+                await self.jobs.update(job, state="processing")
+                await self.status.set_status(sid, "processing", job_id=job.job_id)
+                await self.status.set_queue_status(sid, {**self._warming_status(job), "status": "processing",
+                                                         "message": "generating..."})
+            if job.state not in ("warming", "processing"):
+                return  # a late tick after the result: pollers and clients already have 100
+            await self.status.set_progress(sid, percent)
+            if await self.throttle.allow(sid) and job.state == "processing":
+                await self.notifier.emit("progress_update", {"progress": percent, "session_id": sid}, sid,
+                                         job.requester)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.gpu.shutdown(wait=False, cancel_futures=True)
