@@ -6,8 +6,12 @@ never know which one runs; validation lives here so neither backend can forget i
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import re
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from garycommon.errors import ErrorCode, GaryError
@@ -17,6 +21,15 @@ AUDIO_SLOTS: tuple[str, ...] = get_args(AudioSlot)
 
 # Ids end up in file paths and GridFS names: only a conservative alphabet, never anything path-like.
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+# A session document is metadata (model, prompt duration, parameters, description): 1 MiB is far beyond any real one and
+# keeps a hostile 100 MB `description` out of the database.
+MAX_FIELDS_BYTES = 1024 * 1024
+
+# How often a store deletes expired sessions and their audio in the background (and stale half-written files).
+DEFAULT_SWEEP_SECONDS = 600.0
+
+log = logging.getLogger("gary.sessions")
 
 # Document fields a caller must not overwrite through `upsert`: they are owned by the store.
 RESERVED_FIELDS: frozenset[str] = frozenset({"_id", "created_at", "updated_at", "created_from", *AUDIO_SLOTS})
@@ -56,6 +69,10 @@ class SessionStore(Protocol):
         """Delete sessions created more than `seconds` ago; returns `{"sessions": n, "files": m}` removed."""
         ...
 
+    async def sweep(self) -> dict[str, int]:
+        """What the background sweep runs: `cleanup_older_than(ttl)` plus leftovers of interrupted writes."""
+        ...
+
     async def ping(self) -> None:
         """Raise GaryError(SERVICE_UNAVAILABLE) when the backend cannot be reached."""
         ...
@@ -64,8 +81,14 @@ class SessionStore(Protocol):
 
 
 def utcnow() -> datetime:
-    """Timezone-aware UTC now; Mongo TTL indexes compare against UTC."""
-    return datetime.now(UTC)
+    """Timezone-aware UTC now at millisecond precision (what BSON stores), so both backends return equal timestamps."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def cutoff(seconds: float) -> datetime:
+    """The creation time before which a session counts as older than `seconds`."""
+    return utcnow() - timedelta(seconds=seconds)
 
 
 def check_session_id(session_id: object) -> str:
@@ -97,10 +120,33 @@ def check_audio(data: object, max_bytes: int) -> bytes:
 
 
 def check_fields(fields: object) -> dict[str, Any]:
-    """`upsert` fields must be a dict that leaves store-owned keys (ids, timestamps, audio refs) alone."""
+    """`upsert` fields: a JSON-shaped dict (both backends must store the same thing) of bounded size that leaves
+    store-owned keys (ids, timestamps, audio refs) and Mongo operator syntax alone."""
     if not isinstance(fields, dict):
         raise GaryError(ErrorCode.BAD_REQUEST, "session fields must be an object")
-    bad = sorted(k for k in fields if not isinstance(k, str) or k in RESERVED_FIELDS or k.startswith("$") or "." in k)
+    bad = sorted(str(k) for k in fields if not isinstance(k, str) or k in RESERVED_FIELDS or k.startswith("$") or "." in k)
     if bad:
-        raise GaryError(ErrorCode.BAD_REQUEST, f"session fields not settable: {', '.join(map(str, bad))}")
+        raise GaryError(ErrorCode.BAD_REQUEST, f"session fields not settable: {', '.join(bad)}")
+    try:
+        size = len(json.dumps(fields, allow_nan=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise GaryError(ErrorCode.BAD_REQUEST, f"session fields must be plain JSON values: {exc}") from None
+    if size > MAX_FIELDS_BYTES:
+        raise GaryError(ErrorCode.DATA_TOO_LARGE, f"session fields are {size} bytes; the limit is {MAX_FIELDS_BYTES}")
     return fields
+
+
+def start_sweeper(sweep: Callable[[], Awaitable[dict[str, int]]], interval: float) -> asyncio.Task[None]:
+    """Run `sweep` every `interval` seconds until cancelled; a failed pass is logged and retried, never fatal."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await sweep()
+                if any(removed.values()):
+                    log.info("session sweep removed %s", removed)
+            except Exception:
+                log.exception("session sweep failed; retrying in %.0f s", interval)
+
+    return asyncio.get_running_loop().create_task(loop(), name="gary-session-sweeper")
