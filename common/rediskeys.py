@@ -101,3 +101,123 @@ def active_generations() -> str:
 
 # --- gpuqueue (the gateway's own state; all under one prefix so an operator can find it) ---
 QUEUE_PREFIX = "gq:"
+# The gateway's Lua scripts (gpuqueue/lua/lib.lua) build the same names from QUEUE_PREFIX; tests/queue checks that
+# both spell them alike. Live queue structures carry no TTL on purpose (they are the queue: the scheduler empties
+# them); finished task records expire after `queue_task_retention_seconds`, notifications after a day.
+QUEUE_NOTIFICATION_TTL = 24 * HOUR
+QUEUE_EVENTS_MAXLEN = 100_000  # the grant/release log is a capped stream instead of a TTL
+
+
+def gq_task(lane: str, session_id: str) -> str:
+    """Hash of one task/lease (state, model, MB, GPU, fencing token, times); TTL once finished."""
+    return f"{QUEUE_PREFIX}task:{lane}:{session_id}"
+
+
+def gq_client_queue(lane: str, client: str) -> str:
+    """List of one client's queued session ids in a lane (FIFO per client)."""
+    return f"{QUEUE_PREFIX}q:{lane}:{client}"
+
+
+def gq_heads(lane: str) -> str:
+    """Sorted set of clients with queued work in a lane, scored by round-robin ticket."""
+    return f"{QUEUE_PREFIX}heads:{lane}"
+
+
+def gq_queued(lane: str) -> str:
+    """Sorted set of queued session ids in a lane by arrival sequence (depth, listing)."""
+    return f"{QUEUE_PREFIX}queued:{lane}"
+
+
+def gq_active(lane: str) -> str:
+    """Set of session ids holding a (non-resident) lease in a lane (lane caps, active counts)."""
+    return f"{QUEUE_PREFIX}active:{lane}"
+
+
+def gq_resident() -> str:
+    """Set of task ids (`lane:sid`) holding resident leases (models that stay loaded)."""
+    return f"{QUEUE_PREFIX}resident"
+
+
+def gq_expiry() -> str:
+    """Sorted set of task ids by deadline (ms): lease expiry for granted tasks, poll liveness for queued waiters."""
+    return f"{QUEUE_PREFIX}expiry"
+
+
+def gq_gpus() -> str:
+    """Hash gpu id -> leasable MB."""
+    return f"{QUEUE_PREFIX}gpus"
+
+
+def gq_gpu_order() -> str:
+    """Sorted set of gpu ids by registration order ("first GPU where it fits")."""
+    return f"{QUEUE_PREFIX}gpu_order"
+
+
+def gq_gpu_used() -> str:
+    """Hash gpu id -> MB granted now."""
+    return f"{QUEUE_PREFIX}gpu_used"
+
+
+def gq_counter(name: str) -> str:
+    """Monotonic counters: `seq` (arrival), `ticket` (round-robin), `fence` (fencing tokens)."""
+    return f"{QUEUE_PREFIX}{name}"
+
+
+def gq_keystats() -> str:
+    """Hash `q:<key>` / `a:<key>` -> queued / active tasks per API key (per-key limits)."""
+    return f"{QUEUE_PREFIX}keystats"
+
+
+def gq_durations() -> str:
+    """Hash `m:<model>` / `l:<lane>` -> moving-average run seconds (and `n:` sample counts)."""
+    return f"{QUEUE_PREFIX}durations"
+
+
+def gq_vram_learned() -> str:
+    """Hash model -> peak MB reported by workers (lease sizes learn from it)."""
+    return f"{QUEUE_PREFIX}vram_learned"
+
+
+def gq_histogram(kind: str, lane: str) -> str:
+    """Hash of Prometheus histogram buckets (`b<i>`, `sum`, `count`) of wait or run seconds per lane."""
+    return f"{QUEUE_PREFIX}hist:{kind}:{lane}"
+
+
+def gq_counters() -> str:
+    """Hash of cumulative counters (expired leases, notifications sent/failed, ...) for /metrics."""
+    return f"{QUEUE_PREFIX}counters"
+
+
+def gq_events() -> str:
+    """Capped stream of grant/release/expire events with per-GPU usage (audit, invariant checks)."""
+    return f"{QUEUE_PREFIX}events"
+
+
+def gq_outbox() -> str:
+    """Sorted set notification id -> due time (ms): the callback outbox."""
+    return f"{QUEUE_PREFIX}outbox"
+
+
+def gq_notification(notification_id: str) -> str:
+    """Hash of one pending callback (its body fields, attempts); TTL QUEUE_NOTIFICATION_TTL."""
+    return f"{QUEUE_PREFIX}notif:{notification_id}"
+
+
+def gq_notify_latest() -> str:
+    """Hash task id -> newest notification id: older undelivered ones are superseded, never sent after it."""
+    return f"{QUEUE_PREFIX}notify_latest"
+
+
+def gq_positions() -> str:
+    """Hash task id -> last position announced (a `queued` callback goes out only when it changes)."""
+    return f"{QUEUE_PREFIX}positions"
+
+
+def gq_granted_channel() -> str:
+    """Pub/sub channel carrying the task id of every grant (wakes long-polling lease waiters on any replica)."""
+    return f"{QUEUE_PREFIX}granted"
+
+
+def gq_leader(role: str) -> str:
+    """SET NX PX lock naming the replica that runs a singleton loop (position announcements)."""
+    return f"{QUEUE_PREFIX}leader:{role}"

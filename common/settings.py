@@ -58,6 +58,57 @@ class Settings(BaseSettings):
 
     max_audio_bytes: int = Field(64 * MiB, description="Largest decoded upload accepted by any service")
     gpu_vram_mb: int | None = Field(None, description="Queue gateway: GPU capacity override in MB (else detected)")
+    queue_gpus: str = Field(
+        "", description="Queue gateway: GPUs as `id=MB,...` (e.g. `hostA/0=80000,hostA/1=80000`); empty = GPU_VRAM_MB or detected"
+    )
+    queue_reserve_mb: int = Field(
+        1024, ge=0, description="Queue gateway: MB kept free per detected GPU for CUDA contexts (configured sizes used as given)"
+    )
+    queue_fallback_capacity_mb: int = Field(
+        24000, gt=0, description="Queue gateway: size of the placeholder GPU used when none is configured, detected or registered"
+    )
+    queue_lanes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["generation", "transform", "jerry", "sa3", "foundation", "ace"],
+        description="Queue gateway: known lanes (`/tasks` is `generation`, other lanes are `/{lane}/...`)",
+    )
+    queue_lane_caps: str = Field("transform=1,sa3=1", description="Queue gateway: most concurrent leases per lane, `lane=N,...`")
+    queue_lane_lease_ttl: str = Field(
+        "sa3=900,foundation=900,ace=900",
+        description="Queue gateway: per-lane lease TTL seconds for pull-style callers that never heartbeat, `lane=S,...`",
+    )
+    queue_model_vram: str = Field(
+        "", description="Queue gateway: extra model->MB rules `glob=MB,...` checked before the built-in table"
+    )
+    queue_learn_vram: bool = Field(True, description="Queue gateway: size leases from peaks workers report (+10%) when known")
+    queue_lease_ttl_seconds: float = Field(
+        60.0, gt=0, description="Queue gateway: a granted lease expires this long after its last heartbeat/status"
+    )
+    queue_poll_ttl_seconds: float = Field(
+        30.0, gt=0, description="Queue gateway: a queued pull/lease request nobody polls for this long is dropped"
+    )
+    queue_max_attempts: int = Field(2, ge=1, description="Queue gateway: grants per task before an expired lease fails it")
+    queue_max_bypass: int = Field(
+        4, ge=0, description="Queue gateway: smaller tasks that may overtake a head that does not fit before it gets priority"
+    )
+    queue_max_queued: int = Field(1000, ge=1, description="Queue gateway: queued tasks per lane before 429")
+    queue_key_max_queued: int = Field(50, ge=1, description="Queue gateway: queued tasks per API key before 429 (keys on)")
+    queue_key_max_active: int = Field(2, ge=0, description="Queue gateway: concurrent leases per API key (keys on; 0 = no cap)")
+    queue_task_retention_seconds: int = Field(3600, gt=0, description="Queue gateway: finished tasks stay readable this long")
+    queue_default_duration_seconds: float = Field(
+        30.0, gt=0, description="Queue gateway: run time assumed for a model before any has been measured"
+    )
+    queue_reaper_interval_seconds: float = Field(
+        0.5, gt=0, description="Queue gateway: how often expired leases and silent waiters are swept"
+    )
+    queue_position_interval_seconds: float = Field(
+        1.0, gt=0, description="Queue gateway: how often queued callers are told about position changes"
+    )
+    queue_callback_timeout_seconds: float = Field(5.0, gt=0, description="Queue gateway: timeout of one callback POST")
+    queue_callback_attempts: int = Field(8, ge=1, description="Queue gateway: deliveries tried per notification")
+    queue_callback_backoff_seconds: float = Field(
+        0.5, gt=0, description="Queue gateway: first retry delay of a failed callback (doubles, capped at 30 s, jittered)"
+    )
+    queue_max_body_bytes: int = Field(65536, ge=1024, description="Queue gateway: largest request body accepted (413 above)")
 
     gary_output_seconds: float = Field(
         30.0, gt=1, le=60, description="gary: MusicGen output length incl. the re-synthesised prompt (the original's 30 s)"
@@ -105,7 +156,7 @@ class Settings(BaseSettings):
     )
     jerry_lease_vram_mb: int = Field(3000, gt=0, description="jerry: VRAM of the permanent resident lease it holds")
 
-    @field_validator("model_allow_owners", "api_keys", mode="before")
+    @field_validator("model_allow_owners", "api_keys", "queue_lanes", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

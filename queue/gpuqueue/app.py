@@ -1,0 +1,209 @@
+"""HTTP routes of the GPU queue gateway: validate, translate, delegate to `Gateway`. Nothing else lives here.
+
+Compatible routes (the original's shapes): `POST /tasks`, `GET /tasks/{sid}`, `POST /task/status`, the same under
+`/transform/...` and any configured lane `/{lane}/...`. Our additions: heartbeats and cancel on tasks, the lease API
+for our own workers (`/leases`), GPU registration (`/gpus`), `/health`, `/metrics`, `/queue`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from garycommon.errors import ErrorCode, GaryError
+from garycommon.httpapp import check_api_key, default_error_body, install_error_handlers
+from garycommon.settings import Settings, get_settings
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .gateway import Gateway
+from .models import EnqueueRequest, GpuRequest, HeartbeatRequest, LeaseRequest, ReleaseRequest, StatusRequest
+
+GENERATION = "generation"
+
+
+class BodyLimit:
+    """Refuses bodies over `limit` bytes with 413 before anything is parsed or stored (declared or streamed).
+
+    Bodies here are small JSON, so it reads the whole body first and replays it to the app.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, send: Send) -> None:
+        err = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body over {self.limit} bytes (tasks carry parameters, "
+                        "never audio)")
+        resp = JSONResponse(default_error_body(err), status_code=413)
+        await resp({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    gateway = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = FastAPI(title="gary GPU queue gateway", version="1.0", lifespan=lifespan)
+    app.state.gateway = gateway
+    install_error_handlers(app)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
+        err = GaryError(ErrorCode.SERVICE_UNAVAILABLE, f"queue storage (redis) unavailable: {type(exc).__name__}")
+        return JSONResponse(default_error_body(err), status_code=503, headers={"Retry-After": "1"})
+
+    app.add_middleware(BodyLimit, limit=settings.queue_max_body_bytes)
+
+    def api_key(request: Request) -> str | None:
+        return check_api_key(request, settings.api_keys)
+
+    # --- operations --------------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return await gateway.health()
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(await gateway.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/queue")
+    async def queue(_: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await gateway.snapshot()
+
+    @app.post("/gpus")
+    async def register_gpu(body: GpuRequest, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await gateway.register_gpu(body.gpu_id, body.capacity_mb)
+
+    @app.delete("/gpus/{gpu_id:path}")
+    async def drain_gpu(gpu_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await gateway.register_gpu(gpu_id, 0)
+
+    # --- lease API (our own workers) -----------------------------------------------------------------------------
+    @app.post("/leases")
+    async def acquire(body: LeaseRequest, key: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await gateway.enqueue(body.lane, body, api_key=key, style="lease")
+
+    @app.get("/leases/{lease_id}")
+    async def lease_state(lease_id: str, wait: float = Query(0.0, ge=0, le=30),
+                          _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await gateway.wait(lease_id, wait)
+
+    @app.post("/leases/{lease_id}/heartbeat")
+    async def lease_heartbeat(lease_id: str, body: HeartbeatRequest | None = None,
+                              _: str | None = Depends(api_key)) -> dict[str, Any]:
+        lane, sid = gateway.parse_lease_id(lease_id)
+        return await gateway.heartbeat(lane, sid, body.fencing_token if body else None)
+
+    @app.post("/leases/{lease_id}/release")
+    async def release(lease_id: str, body: ReleaseRequest | None = None,
+                      _: str | None = Depends(api_key)) -> dict[str, Any]:
+        body = body or ReleaseRequest()
+        lane, sid = gateway.parse_lease_id(lease_id)
+        return await gateway.set_status(lane, sid, body.outcome, fence=body.fencing_token, error=body.error,
+                                        peak_mb=body.peak_vram_mb)
+
+    # --- compatible task routes ----------------------------------------------------------------------------------
+    async def _enqueue(lane: str, body: EnqueueRequest, key: str | None) -> dict[str, Any]:
+        return await gateway.enqueue(lane, body, api_key=key, style="compat")
+
+    async def _status(lane: str, body: StatusRequest) -> dict[str, Any]:
+        return await gateway.set_status(lane, body.session_id, body.status, fence=body.fencing_token, error=body.error,
+                                        peak_mb=body.peak_vram_mb)
+
+    async def _heartbeat(lane: str, sid: str, body: HeartbeatRequest | None) -> dict[str, Any]:
+        return await gateway.heartbeat(lane, sid, body.fencing_token if body else None)
+
+    async def _cancel(lane: str, sid: str) -> dict[str, Any]:
+        return await gateway.set_status(lane, sid, "cancelled", error="cancelled by the caller")
+
+    @app.post("/tasks")
+    async def enqueue(body: EnqueueRequest, key: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _enqueue(GENERATION, body, key)
+
+    @app.get("/tasks/{session_id}")
+    async def task(session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await gateway.get(GENERATION, session_id, "compat", poll=True)
+
+    @app.delete("/tasks/{session_id}")
+    async def cancel(session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _cancel(GENERATION, session_id)
+
+    @app.post("/tasks/{session_id}/heartbeat")
+    async def heartbeat(session_id: str, body: HeartbeatRequest | None = None,
+                        _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _heartbeat(GENERATION, session_id, body)
+
+    @app.post("/task/status")
+    async def status(body: StatusRequest, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _status(GENERATION, body)
+
+    @app.post("/{lane}/tasks")
+    async def lane_enqueue(lane: str, body: EnqueueRequest, key: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _enqueue(lane, body, key)
+
+    @app.get("/{lane}/tasks/{session_id}")
+    async def lane_task(lane: str, session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await gateway.get(lane, session_id, "compat", poll=True)
+
+    @app.delete("/{lane}/tasks/{session_id}")
+    async def lane_cancel(lane: str, session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _cancel(lane, session_id)
+
+    @app.post("/{lane}/tasks/{session_id}/heartbeat")
+    async def lane_heartbeat(lane: str, session_id: str, body: HeartbeatRequest | None = None,
+                             _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _heartbeat(lane, session_id, body)
+
+    @app.post("/{lane}/task/status")
+    async def lane_status(lane: str, body: StatusRequest, _: str | None = Depends(api_key)) -> dict[str, Any]:
+        return await _status(lane, body)
+
+    return app

@@ -1,0 +1,131 @@
+"""Queue positions and estimated waits from per-model moving averages of real run times.
+
+The grant order is round-robin between clients (FIFO within each), so a task's position is not its arrival rank:
+with k tasks of its own ahead of it, every other client can get at most k (or k+1 if its turn comes first) grants
+before it. `position_of` computes that from the queue lengths alone; `lane_order` replays the whole round-robin
+for the periodic position announcements. Wait = (run time of everything ahead + what is left of the running
+tasks) / how many of the lane's tasks run side by side now (when a lane has a queue, that is its parallelism).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from garycommon import rediskeys
+
+DURATIONS_CACHE_S = 1.0
+
+
+@dataclass
+class QueueStatus:
+    position: int  # 1 = next to be granted; 0 = not queued
+    queued: int  # queued tasks in the lane
+    active: int  # running (granted) tasks in the lane
+    estimated_wait_seconds: float
+
+
+@dataclass
+class OrderedTask:
+    session_id: str
+    position: int
+    wait_s: float
+    callback: str
+
+
+class Estimator:
+    def __init__(self, redis: aioredis.Redis, default_duration_s: float) -> None:
+        self.redis = redis
+        self.default_duration_s = default_duration_s
+        self._durations: dict[str, float] = {}
+        self._durations_at = 0.0
+
+    async def durations(self) -> dict[str, float]:
+        if time.monotonic() - self._durations_at > DURATIONS_CACHE_S:
+            raw = await self.redis.hgetall(rediskeys.gq_durations())
+            self._durations = {k: float(v) for k, v in raw.items() if not k.startswith("n:")}
+            self._durations_at = time.monotonic()
+        return self._durations
+
+    def duration(self, durations: dict[str, float], model: str, lane: str) -> float:
+        """Moving average of the model's run time, else the lane's, else the configured default."""
+        return durations.get(f"m:{model}") or durations.get(f"l:{lane}") or self.default_duration_s
+
+    async def _running(self, lane: str, durations: dict[str, float]) -> tuple[int, float]:
+        """(running tasks, seconds of work they have left by their averages; at least 10% of a run each)."""
+        sids = await self.redis.smembers(rediskeys.gq_active(lane))
+        if not sids:
+            return 0, 0.0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in sids:
+                pipe.hmget(rediskeys.gq_task(lane, sid), "model", "granted_at")
+            pipe.time()
+            rows = await pipe.execute()
+        now_ms = rows[-1][0] * 1000 + rows[-1][1] // 1000
+        left = 0.0
+        for model, granted_at in rows[:-1]:
+            run = self.duration(durations, model or "", lane)
+            elapsed = (now_ms - int(granted_at or now_ms)) / 1000
+            left += max(0.1 * run, run - elapsed)
+        return len(sids), left
+
+    async def status_of(self, task: dict[str, Any]) -> QueueStatus:
+        """Queue status of one task (a hash from Redis) without reading the whole lane."""
+        lane, sid = task["lane"], task["sid"]
+        durations = await self.durations()
+        active, running_left = await self._running(lane, durations)
+        queued = int(await self.redis.zcard(rediskeys.gq_queued(lane)))
+        if task.get("state") != "queued":
+            return QueueStatus(0, queued, active, 0.0)
+        position = await self.position_of(lane, sid, task["client"])
+        ahead = (position - 1) * self.duration(durations, "", lane)
+        wait = (ahead + running_left) / max(1, active)
+        return QueueStatus(position, queued, active, round(wait, 1))
+
+    async def position_of(self, lane: str, sid: str, client: str) -> int:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpos(rediskeys.gq_client_queue(lane, client), sid)
+            pipe.zrange(rediskeys.gq_heads(lane), 0, -1, withscores=True)
+            own_index, heads = await pipe.execute()
+        if own_index is None:
+            return 0
+        scores = dict(heads)
+        others = [c for c in scores if c != client]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c in others:
+                pipe.llen(rediskeys.gq_client_queue(lane, c))
+            lengths = await pipe.execute()
+        mine = scores.get(client, 0.0)
+        ahead = own_index
+        for c, length in zip(others, lengths, strict=True):
+            ahead += min(int(length), own_index + (1 if scores[c] < mine else 0))
+        return ahead + 1
+
+    async def lane_order(self, lane: str) -> tuple[list[OrderedTask], int, int]:
+        """Predicted grant order of every queued task in a lane, with per-task waits; plus (queued, active)."""
+        durations = await self.durations()
+        heads = await self.redis.zrange(rediskeys.gq_heads(lane), 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for c in heads:
+                pipe.lrange(rediskeys.gq_client_queue(lane, c), 0, -1)
+            queues: list[list[str]] = await pipe.execute()
+        order: list[str] = []
+        depth = max((len(q) for q in queues), default=0)
+        for i in range(depth):
+            order.extend(q[i] for q in queues if len(q) > i)
+        if not order:
+            return [], 0, 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in order:
+                pipe.hmget(rediskeys.gq_task(lane, sid), "model", "cb")
+            rows = await pipe.execute()
+        active, running_left = await self._running(lane, durations)
+        parallel = max(1, active)
+        out: list[OrderedTask] = []
+        ahead_s = running_left
+        for position, (sid, (model, cb)) in enumerate(zip(order, rows, strict=True), start=1):
+            out.append(OrderedTask(sid, position, round(ahead_s / parallel, 1), cb or ""))
+            ahead_s += self.duration(durations, model or "", lane)
+        return out, len(order), active

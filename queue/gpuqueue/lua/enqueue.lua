@@ -1,0 +1,32 @@
+-- Enqueue a task (idempotent per lane + session id) and run a grant pass.
+-- OP: lane sid client key mb model type data cb kind gpus owner resident ttl_ms
+local tid = OP.lane .. ':' .. OP.sid
+local tk = k_task(tid)
+local cur = redis.call('HGET', tk, 'state')
+if cur == 'queued' or cur == 'granted' or cur == 'processing' then
+  return cjson.encode({result = 'exists', state = cur})
+end
+if OP.resident ~= '1' then
+  if redis.call('ZCARD', k_queued(OP.lane)) >= CFG.lane_max_queued then
+    return cjson.encode({result = 'lane_full'})
+  end
+  if OP.key ~= 'open' and num(redis.call('HGET', K_KEYSTATS, 'q:' .. OP.key), 0) >= CFG.key_max_queued then
+    return cjson.encode({result = 'key_full'})
+  end
+end
+redis.call('DEL', tk)
+local seq = redis.call('INCR', P .. 'seq')
+redis.call('HSET', tk, 'lane', OP.lane, 'sid', OP.sid, 'client', OP.client, 'key', OP.key, 'mb', OP.mb,
+  'model', OP.model, 'type', OP.type, 'data', OP.data, 'cb', OP.cb, 'kind', OP.kind, 'gpus', OP.gpus,
+  'owner', OP.owner, 'resident', OP.resident, 'ttl_ms', OP.ttl_ms, 'state', 'queued', 'seq', seq, 'enq_at', NOW,
+  'wait_from', NOW, 'grants', 0, 'bypassed', 0, 'qn', 0, 'error', '')
+if redis.call('RPUSH', k_q(OP.lane, OP.client), OP.sid) == 1 then
+  redis.call('ZADD', k_heads(OP.lane), redis.call('INCR', P .. 'ticket'), OP.client)
+end
+redis.call('ZADD', k_queued(OP.lane), seq, OP.sid)
+redis.call('HINCRBY', K_KEYSTATS, 'q:' .. OP.key, 1)
+redis.call('HDEL', K_POSITIONS, tid)
+if OP.kind ~= 'callback' then redis.call('ZADD', K_EXPIRY, NOW + CFG.poll_ttl_ms, tid) end
+event({op = 'enqueue', tid = tid, mb = OP.mb, client = OP.client})
+local grants = schedule()
+return cjson.encode({result = 'created', state = redis.call('HGET', tk, 'state'), grants = grants})

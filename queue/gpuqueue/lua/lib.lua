@@ -1,0 +1,251 @@
+-- Shared part of every gateway script (prepended by gpuqueue.scheduler): key names, time, the grant pass.
+-- ARGV[1] = key prefix (garycommon.rediskeys.QUEUE_PREFIX), ARGV[2] = config JSON, ARGV[3] = the operation's JSON.
+-- Key names mirror garycommon.rediskeys (gq_*). Scripts touch keys they compute, so the gateway needs a single
+-- Redis node (no cluster). All times are Redis server time in ms, so replicas on skewed clocks agree.
+local P = ARGV[1]
+local CFG = cjson.decode(ARGV[2])
+local OP = cjson.decode(ARGV[3])
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local NOW = now_ms()
+
+local function k_task(tid) return P .. 'task:' .. tid end
+local function k_q(lane, client) return P .. 'q:' .. lane .. ':' .. client end
+local function k_heads(lane) return P .. 'heads:' .. lane end
+local function k_queued(lane) return P .. 'queued:' .. lane end
+local function k_active(lane) return P .. 'active:' .. lane end
+local K_RESIDENT = P .. 'resident'
+local K_EXPIRY = P .. 'expiry'
+local K_GPUS = P .. 'gpus'
+local K_GPU_ORDER = P .. 'gpu_order'
+local K_GPU_USED = P .. 'gpu_used'
+local K_KEYSTATS = P .. 'keystats'
+local K_DURATIONS = P .. 'durations'
+local K_LEARNED = P .. 'vram_learned'
+local K_COUNTERS = P .. 'counters'
+local K_EVENTS = P .. 'events'
+local K_OUTBOX = P .. 'outbox'
+local K_LATEST = P .. 'notify_latest'
+local K_POSITIONS = P .. 'positions'
+local K_GRANTED = P .. 'granted'
+local function k_hist(kind, lane) return P .. 'hist:' .. kind .. ':' .. lane end
+local function k_notif(nid) return P .. 'notif:' .. nid end
+
+local function num(v, default)
+  local n = tonumber(v)
+  if n == nil then return default end
+  return n
+end
+
+local function hgetall(key)
+  local flat = redis.call('HGETALL', key)
+  local out = {}
+  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
+  return out
+end
+
+local function observe(kind, lane, seconds)
+  local key = k_hist(kind, lane)
+  for i, bound in ipairs(CFG.buckets) do
+    if seconds <= bound then redis.call('HINCRBY', key, 'b' .. i, 1) break end
+  end
+  redis.call('HINCRBYFLOAT', key, 'sum', seconds)
+  redis.call('HINCRBY', key, 'count', 1)
+end
+
+local function event(fields)
+  local args = {'XADD', K_EVENTS, 'MAXLEN', '~', CFG.events_maxlen, '*', 'ts', NOW}
+  for k, v in pairs(fields) do args[#args + 1] = k; args[#args + 1] = v end
+  redis.call(unpack(args))
+end
+
+-- The callback outbox. A notification id is created once (re-creating it is a no-op), and the newest id per
+-- task supersedes older undelivered ones, so a stale `queued` can never arrive after `ready`.
+local function outbox_add(tid, t, status, nid, extra)
+  local nk = k_notif(nid)
+  if redis.call('EXISTS', nk) == 1 then return nid end
+  local args = {'HSET', nk, 'tid', tid, 'status', status, 'sid', t.sid, 'lane', t.lane, 'type', t.type or '',
+                'cb', t.cb, 'attempts', 0, 'created', NOW}
+  for k, v in pairs(extra or {}) do args[#args + 1] = k; args[#args + 1] = v end
+  redis.call(unpack(args))
+  redis.call('EXPIRE', nk, CFG.notif_ttl_s)
+  redis.call('ZADD', K_OUTBOX, NOW, nid)
+  redis.call('HSET', K_LATEST, tid, nid)
+  return nid
+end
+
+local function lane_counts(lane)
+  return redis.call('SCARD', k_active(lane)), redis.call('ZCARD', k_queued(lane))
+end
+
+local function ttl_of(lane)
+  return num(CFG.lane_ttl_ms[lane], CFG.ttl_ms)
+end
+
+local function load_gpus()
+  local order = redis.call('ZRANGE', K_GPU_ORDER, 0, -1)
+  local caps = hgetall(K_GPUS)
+  local used = hgetall(K_GPU_USED)
+  local gpus = {}
+  for _, id in ipairs(order) do
+    gpus[#gpus + 1] = {id = id, cap = num(caps[id], 0), used = num(used[id], 0)}
+  end
+  return gpus
+end
+
+-- Removes a queued task from its client's FIFO and the lane's indexes (cancel, liveness expiry).
+local function unqueue(tid, t)
+  local q = k_q(t.lane, t.client)
+  redis.call('LREM', q, 1, t.sid)
+  if redis.call('LLEN', q) == 0 then redis.call('ZREM', k_heads(t.lane), t.client) end
+  redis.call('ZREM', k_queued(t.lane), t.sid)
+  redis.call('HINCRBY', K_KEYSTATS, 'q:' .. t.key, -1)
+  redis.call('HDEL', K_POSITIONS, tid)
+end
+
+-- Frees a granted task's VRAM and slot.
+local function free(tid, t)
+  local mb = num(t.mb, 0)
+  local used = redis.call('HINCRBY', K_GPU_USED, t.gpu, -mb)
+  if t.resident == '1' then redis.call('SREM', K_RESIDENT, tid) else redis.call('SREM', k_active(t.lane), t.sid) end
+  redis.call('HINCRBY', K_KEYSTATS, 'a:' .. t.key, -1)
+  redis.call('ZREM', K_EXPIRY, tid)
+  return used
+end
+
+local function finalize(tid, t, state, err)
+  local tk = k_task(tid)
+  redis.call('HSET', tk, 'state', state, 'finished_at', NOW, 'error', err or '')
+  redis.call('ZREM', K_EXPIRY, tid)
+  redis.call('HDEL', K_POSITIONS, tid)
+  redis.call('EXPIRE', tk, CFG.retention_s)
+  redis.call('HINCRBY', K_COUNTERS, 'finished:' .. t.lane .. ':' .. state, 1)
+end
+
+local function grant(c, gpu)
+  local tid, tk = c.tid, k_task(c.tid)
+  local t = hgetall(tk)
+  local q = k_q(c.lane, c.client)
+  redis.call('LPOP', q)
+  if redis.call('LLEN', q) == 0 then
+    redis.call('ZREM', k_heads(c.lane), c.client)
+  else
+    -- the client's next task waits for the other clients' turns (round-robin)
+    redis.call('ZADD', k_heads(c.lane), redis.call('INCR', P .. 'ticket'), c.client)
+  end
+  redis.call('ZREM', k_queued(c.lane), c.sid)
+  redis.call('HDEL', K_POSITIONS, tid)
+  if t.resident == '1' then redis.call('SADD', K_RESIDENT, tid) else redis.call('SADD', k_active(c.lane), c.sid) end
+  local mb = num(t.mb, 0)
+  gpu.used = gpu.used + mb
+  redis.call('HINCRBY', K_GPU_USED, gpu.id, mb)
+  local fence = redis.call('INCR', P .. 'fence')
+  local expires = NOW + num(t.ttl_ms, ttl_of(c.lane))
+  local grants = redis.call('HINCRBY', tk, 'grants', 1)
+  redis.call('HSET', tk, 'state', 'granted', 'gpu', gpu.id, 'fence', fence, 'granted_at', NOW, 'expires_at', expires,
+             'bypassed', 0)
+  redis.call('ZADD', K_EXPIRY, expires, tid)
+  redis.call('HINCRBY', K_KEYSTATS, 'q:' .. t.key, -1)
+  redis.call('HINCRBY', K_KEYSTATS, 'a:' .. t.key, 1)
+  observe('wait', c.lane, (NOW - num(t.wait_from, NOW)) / 1000)
+  event({op = 'grant', tid = tid, gpu = gpu.id, mb = mb, used = gpu.used, cap = gpu.cap, fence = fence})
+  redis.call('PUBLISH', K_GRANTED, tid)
+  if t.cb ~= nil and t.cb ~= '' then
+    local active, queued = lane_counts(c.lane)
+    outbox_add(tid, t, 'ready', t.sid .. '_' .. c.lane .. '_ready_' .. grants,
+      {fence = fence, expires_at = expires, gpu = gpu.id, active = active, queued = queued, position = 0})
+  end
+  return {tid = tid, gpu = gpu.id, fence = fence}
+end
+
+-- One scheduling pass: grant heads in round-robin order while they fit. A head that does not fit on any GPU it
+-- could ever use is "blocked"; every grant that overtakes it on such a GPU counts as a bypass, and once it has been
+-- bypassed max_bypass times those GPUs take nothing else until it fits (big jobs are never starved).
+local function schedule()
+  local grants = {}
+  local gpus = load_gpus()
+  for _ = 1, CFG.max_grants do
+    local cand = {}
+    for lane, cap in pairs(CFG.lanes) do
+      if cap <= 0 or redis.call('SCARD', k_active(lane)) < cap then
+        local h = redis.call('ZRANGE', k_heads(lane), 0, -1, 'WITHSCORES')
+        for i = 1, #h, 2 do cand[#cand + 1] = {lane = lane, client = h[i], score = tonumber(h[i + 1])} end
+      end
+    end
+    if #cand == 0 then break end
+    table.sort(cand, function(a, b) return a.score < b.score end)
+    local blocked, exhausted, chosen, chosen_gpu = {}, {}, nil, nil
+    for _, c in ipairs(cand) do
+      local sid = redis.call('LINDEX', k_q(c.lane, c.client), 0)
+      if sid then
+        c.sid = sid
+        c.tid = c.lane .. ':' .. sid
+        local t = redis.call('HMGET', k_task(c.tid), 'mb', 'gpus', 'key', 'resident', 'bypassed')
+        local mb = num(t[1], 0)
+        local resident = t[4] == '1'
+        local key_ok = resident or CFG.key_max_active <= 0 or t[3] == 'open'
+          or num(redis.call('HGET', K_KEYSTATS, 'a:' .. t[3]), 0) < CFG.key_max_active
+        if key_ok then
+          local allowed = nil
+          if t[2] and t[2] ~= '' then
+            allowed = {}
+            for _, id in ipairs(cjson.decode(t[2])) do allowed[id] = true end
+          end
+          local elig, any = {}, false
+          for _, g in ipairs(gpus) do
+            if (allowed == nil or allowed[g.id]) and g.cap >= mb then
+              elig[g.id] = true
+              any = true
+              if chosen_gpu == nil and not exhausted[g.id] and g.cap - g.used >= mb then chosen_gpu = g end
+            end
+          end
+          if chosen_gpu then
+            chosen = c
+            for _, b in ipairs(blocked) do
+              if b.elig[chosen_gpu.id] then redis.call('HINCRBY', k_task(b.tid), 'bypassed', 1) end
+            end
+            break
+          elseif any then
+            blocked[#blocked + 1] = {tid = c.tid, elig = elig}
+            if num(t[5], 0) >= CFG.max_bypass then
+              for id in pairs(elig) do exhausted[id] = true end
+            end
+          end
+        end
+      end
+    end
+    if chosen == nil then break end
+    grants[#grants + 1] = grant(chosen, chosen_gpu)
+  end
+  return grants
+end
+
+-- Granted or processing task -> back to the front of its client's FIFO (first lease expiry).
+local function requeue(tid, t, reason)
+  local q = k_q(t.lane, t.client)
+  redis.call('LPUSH', q, t.sid)
+  if redis.call('ZSCORE', k_heads(t.lane), t.client) == false then
+    redis.call('ZADD', k_heads(t.lane), 0, t.client)  -- it had its turn already: first in line again
+  end
+  redis.call('ZADD', k_queued(t.lane), num(t.seq, 0), t.sid)
+  redis.call('HINCRBY', K_KEYSTATS, 'q:' .. t.key, 1)
+  redis.call('HSET', k_task(tid), 'state', 'queued', 'gpu', '', 'wait_from', NOW, 'error', reason, 'expires_at', '')
+  if t.kind ~= 'callback' then redis.call('ZADD', K_EXPIRY, NOW + CFG.poll_ttl_ms, tid) end
+end
+
+local function ema(field, value)
+  local old = tonumber(redis.call('HGET', K_DURATIONS, field))
+  local new = value
+  if old then new = old + CFG.alpha * (value - old) end
+  redis.call('HSET', K_DURATIONS, field, new)
+  redis.call('HINCRBY', K_DURATIONS, 'n:' .. field, 1)
+end
+
+local function task_table(tid)
+  local t = hgetall(k_task(tid))
+  if t.state == nil then return nil end
+  return t
+end
