@@ -79,8 +79,10 @@ def random_state_dict(config: dict[str, Any], *, seed: int = 0, std: float = 0.0
             elif name.endswith(("gamma", "norm.weight")):
                 p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.1)
             else:
+                # Unit-gain-ish init keeps the random VAE's output near full scale instead of growing per layer.
                 fan_in = p[0].numel() if p.dim() > 1 else 1
-                p.copy_(torch.randn(p.shape, generator=gen) * (std if p.dim() < 2 else fan_in**-0.5))
+                gain = 0.5 if name.startswith("pretransform.") else 1.0
+                p.copy_(torch.randn(p.shape, generator=gen) * (std if p.dim() < 2 else gain * fan_in**-0.5))
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     return unfold_weight_norm(state, "pretransform.")
 
