@@ -63,6 +63,7 @@ class MongoSessionStore:
             tz_aware=True,
             serverSelectionTimeoutMS=timeout_ms,
             connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=60_000,  # a hung server fails the request instead of hanging it (64 MiB fits easily)
             w=1,
             wTimeoutMS=5000,
         )
