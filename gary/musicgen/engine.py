@@ -70,12 +70,13 @@ class MusicGenEngine:
 
     # -- residency -------------------------------------------------------------------------------------------------
     def _folder(self, name: str) -> Path:
-        if self.settings.demo_models and not Path(name).is_dir():
+        if Path(name).is_dir():  # an operator-given local folder is always allowed
+            return resolve_model_dir(name, [LM_FILE, COMPRESSION_FILE], self.settings)
+        check_allowed(name, self.settings, _CATALOGUE)  # also keeps demo-mode names to safe owner/name ids
+        if self.settings.demo_models:
             from .demo import install_demo
 
             return Path(install_demo(self.settings, [name])[0])
-        if not Path(name).is_dir():
-            check_allowed(name, self.settings, _CATALOGUE)
         return resolve_model_dir(name, [LM_FILE, COMPRESSION_FILE], self.settings)
 
     def _t5_for(self, name: str) -> tuple[Any, torch.nn.Module]:
@@ -114,6 +115,10 @@ class MusicGenEngine:
 
     def preload(self, model_name: str) -> None:
         self._get(model_name)
+
+    def model(self, model_name: str) -> Any:
+        """The resident model (loading it if needed): sample_rate, channels, max_duration, frame_rate."""
+        return self._get(model_name)
 
     def unload(self, model_name: str | None = None) -> None:
         with self._lock:
