@@ -151,7 +151,12 @@ class ModelRegistry:
             engine.warmup()
             return engine, self._read_prompts(repo)
 
-        engine, prompts = await self.batcher.call(load)
+        try:
+            engine, prompts = await self.batcher.call(load)
+        except GaryError as exc:
+            if exc.code == ErrorCode.MODEL_NOT_FOUND:  # a client-named file that is not there: their error, not ours
+                raise GaryError(ErrorCode.NOT_FOUND, exc.message) from exc
+            raise
         entry = ModelEntry(key, "finetune", repo, checkpoint, engine, prompts=prompts)
         self._entries[key] = entry
         self._touch(key)

@@ -41,8 +41,10 @@ class JerryServer:
 
 
 def jerry_settings(root: Path, **extra: object) -> Settings:
-    return Settings(data_dir=root / "data", local_models_dir=root / "models", jerry_riffs_dir=root / "riffs",
-                    demo_models=True, queue_url="", device="cpu", max_audio_bytes=MAX_UPLOAD, api_keys=[], **extra)
+    fields: dict[str, object] = {"data_dir": root / "data", "local_models_dir": root / "models",
+                                 "jerry_riffs_dir": root / "riffs", "demo_models": True, "queue_url": "", "device": "cpu",
+                                 "max_audio_bytes": MAX_UPLOAD, "api_keys": []}
+    return Settings(**{**fields, **extra})
 
 
 def start_server(settings: Settings) -> tuple[JerryServer, uvicorn.Server, threading.Thread]:
@@ -68,7 +70,9 @@ def start_server(settings: Settings) -> tuple[JerryServer, uvicorn.Server, threa
 
 @pytest.fixture(scope="session")
 def jerry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JerryServer]:
-    js, server, thread = start_server(jerry_settings(tmp_path_factory.mktemp("jerry")))
+    # The queue gateway URL points at a closed port: the optional resident lease must never block serving.
+    dead_gateway = f"http://127.0.0.1:{free_port()}"
+    js, server, thread = start_server(jerry_settings(tmp_path_factory.mktemp("jerry"), queue_url=dead_gateway))
     yield js
     server.should_exit = True
     thread.join(30)
