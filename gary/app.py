@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
         try:
             yield
         finally:
+            await sio.shutdown()
             await runner.aclose()
             await dispatcher.aclose()
             await terry.aclose()

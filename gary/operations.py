@@ -286,6 +286,8 @@ class Operations:
             raise GaryError(ErrorCode.DATA_TOO_LARGE, "Audio data is too large to restore", http_status=413)
         received = rediskeys.received_chunks(sid)
         async with self.redis.pipeline(transaction=True) as pipe:
+            if req.model_name and req.prompt_duration:  # remembered from whichever chunk carried them
+                pipe.hset(upload, mapping={"model_name": req.model_name, "prompt_duration": req.prompt_duration})
             pipe.set(key, req.chunk, ex=rediskeys.CHUNK_TTL)
             pipe.sadd(received, req.chunk_index)
             pipe.expire(received, rediskeys.CHUNK_TTL)
@@ -301,11 +303,13 @@ class Operations:
         missing = [i for i, part in enumerate(parts) if part is None]
         if missing:
             return ack, None, missing
+        meta = await self.redis.hgetall(upload)
         try:
             raw = await self.decode_checked("".join(parts))
         finally:
             await self.discard_restore(sid, total=req.total_chunks)
-        await self._store_restored(sid, raw, req.model_name, req.prompt_duration)
+        prompt_duration = int(meta["prompt_duration"]) if meta.get("prompt_duration") else None
+        await self._store_restored(sid, raw, meta.get("model_name"), prompt_duration)
         return ack, {"message": "Audio restored successfully", "session_id": sid, "data_size": len(raw)}, None
 
     async def discard_restore(self, session_id: str, *, total: int | None = None) -> None:

@@ -45,8 +45,10 @@ def take_prompt(audio: Audio, prompt_duration: float, *, from_end: bool) -> torc
 
 
 def fit_output(generated: torch.Tensor, generated_sr: int, like: Audio) -> torch.Tensor:
-    """Generation resampled to the input's rate and given the input's channel count."""
-    return resample(to_channels(generated, _io_channels(like)), generated_sr, like.sample_rate)
+    """Generation resampled to the input's rate, given the input's channel count, scaled down only if it would clip
+    (only the generated part: the client's own audio ahead of it in a continuation stays bit-exact)."""
+    out = resample(to_channels(generated, _io_channels(like)), generated_sr, like.sample_rate)
+    return peak_normalize(out, only_if_above=True)
 
 
 def continuation(audio: Audio, generated: torch.Tensor, prompt_duration: float) -> torch.Tensor:
@@ -57,8 +59,8 @@ def continuation(audio: Audio, generated: torch.Tensor, prompt_duration: float) 
 
 
 def encode_result(wav: torch.Tensor, sample_rate: int) -> bytes:
-    """32-bit float WAV, scaled down only when it would clip (as the original)."""
-    return encode_wav(peak_normalize(wav, only_if_above=True), sample_rate, subtype="FLOAT")
+    """32-bit float WAV (the original's format)."""
+    return encode_wav(wav, sample_rate, subtype="FLOAT")
 
 
 def decode_input(raw: bytes, max_bytes: int) -> Audio:

@@ -13,6 +13,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class JobRunner:
         self.terry = terry
         self._engine_factory = engine_factory
         self._engine: Any = None
+        self._engine_lock = threading.Lock()
         # One GPU worker thread: MusicGen never runs on the event loop, and never twice at once in this process.
         self.gpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gary-gpu")
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -68,10 +70,11 @@ class JobRunner:
 
     # --- engine -----------------------------------------------------------------------------------------------
     def engine(self) -> Any:
-        """Created on first use inside the GPU thread (importing/allocating CUDA state off the event loop)."""
-        if self._engine is None:
-            self._engine = self._engine_factory()
-        return self._engine
+        """Created on first use, off the event loop (importing/allocating CUDA state is slow)."""
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._engine_factory()
+            return self._engine
 
     async def in_gpu_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.gpu, functools.partial(fn, *args))

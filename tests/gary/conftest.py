@@ -1,0 +1,106 @@
+"""gary test fixtures: tiny random MusicGen checkpoints in the audiocraft layout, real gary servers (uvicorn on free
+ports) on the shared real Redis, a real terry for transforms, and the real queue gateway."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gary_helpers import ThreadedServer
+from garycommon.settings import Settings
+
+OUTPUT_SECONDS = 2.0  # short generations keep the suite fast on CPU
+
+
+@pytest.fixture(scope="session")
+def gary_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LOCAL_MODELS_DIR with a tiny MusicGen for every catalogue name, the tiny T5 and a tiny MelodyFlow."""
+    from gary.catalog import all_model_names
+    from gary.musicgen.demo import install_demo
+
+    root = tmp_path_factory.mktemp("gary-models")
+    settings = Settings(local_models_dir=root)
+    install_demo(settings, all_model_names())
+    try:
+        from terry.melodyflow.demo import install_demo as install_melodyflow
+
+        install_melodyflow(settings)
+    except ImportError:
+        pass
+    return root
+
+
+class Gary:
+    """One running gary: its URL, settings, and the context it serves (for reading state in assertions)."""
+
+    def __init__(self, server: ThreadedServer, settings: Settings) -> None:
+        self.server = server
+        self.settings = settings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ctx(self) -> Any:
+        return self.server.app.other_asgi_app.app.state.gary
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return self.server.call(coro, timeout)
+
+    def hold_gpu(self) -> threading.Event:
+        """Occupy gary's one GPU worker thread until the returned event is set (jobs then wait in `warming`)."""
+        release = threading.Event()
+        self.ctx.runner.gpu.submit(release.wait, 60)
+        return release
+
+
+@pytest.fixture(scope="session")
+def transfer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder gary writes transform inputs to and terry reads them from (the shared volume)."""
+    return tmp_path_factory.mktemp("audio-transfer")
+
+
+@pytest.fixture(scope="session")
+def make_gary(redis_server: Any, gary_models: Path, transfer_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+              ) -> Iterator[Callable[..., Gary]]:
+    from gary.app import create_app
+
+    started: list[ThreadedServer] = []
+
+    def make(**overrides: Any) -> Gary:
+        from gary_helpers import free_port
+
+        port = free_port()
+        values: dict[str, Any] = dict(
+            redis_url=redis_server.url, queue_url="", session_store="sqlite",
+            data_dir=tmp_path_factory.mktemp("gary-data"), transfer_dir=transfer_dir,
+            local_models_dir=gary_models, demo_models=True, device="cpu", gary_output_seconds=OUTPUT_SECONDS,
+            gary_url=f"http://127.0.0.1:{port}", terry_url="http://127.0.0.1:9", log_level="WARNING",
+        )
+        values.update(overrides)
+        settings = Settings(**values)
+        server = ThreadedServer(create_app(settings), port=port).start()
+        started.append(server)
+        return Gary(server, settings)
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def terry_url(redis_server: Any, gary_models: Path, transfer_dir: Path) -> Iterator[str]:
+    """A real terry (its own app under uvicorn) on the shared Redis, reading gary's transfer folder."""
+    try:
+        from terry.app import create_app
+    except ImportError as exc:  # pragma: no cover - terry ships in this repo
+        pytest.fail(f"terry is not importable: {exc}")
+    settings = Settings(redis_url=redis_server.url, queue_url="", transfer_dir=transfer_dir,
+                        local_models_dir=gary_models, device="cpu", log_level="WARNING")
+    server = ThreadedServer(create_app(settings)).start()
+    yield server.url
+    server.stop()

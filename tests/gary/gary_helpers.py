@@ -1,0 +1,140 @@
+"""Helpers for gary's tests: a threaded uvicorn server, test audio, and a recording Socket.IO client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import uvicorn
+from garycommon.httpapp import WS_MAX_BYTES
+
+MODEL = "thepatch/vanya_ai_dnb_0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ThreadedServer:
+    """uvicorn on a background thread with its own loop, configured like `run_uvicorn` (64 MiB websocket cap)."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                ws_max_size=WS_MAX_BYTES, ws_ping_interval=None)
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the server's loop (to inspect the state the server owns)."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def wav_bytes(seconds: float, rate: int = 44100, channels: int = 2, *, left_hz: float = 220.0, right_hz: float = 330.0,
+              subtype: str = "PCM_16") -> bytes:
+    """A tone (different pitch per channel, so channel handling is visible)."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    chans = [0.3 * np.sin(2 * np.pi * left_hz * t), 0.3 * np.sin(2 * np.pi * right_hz * t)][:channels]
+    buf = io.BytesIO()
+    sf.write(buf, np.stack(chans, axis=1).astype(np.float32), rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def wav_b64(seconds: float = 2.0, rate: int = 44100, channels: int = 2) -> str:
+    return base64.b64encode(wav_bytes(seconds, rate, channels)).decode()
+
+
+def decode_b64_wav(text: str) -> tuple[np.ndarray, int]:
+    data, sr = sf.read(io.BytesIO(base64.b64decode(text)), dtype="float32", always_2d=True)
+    return data, sr
+
+
+class Recorder:
+    """A real python-socketio AsyncClient (websocket transport, as gary4live) that records every event."""
+
+    def __init__(self) -> None:
+        import socketio
+
+        self.client = socketio.AsyncClient(reconnection=False)
+        self.events: list[tuple[str, Any]] = []
+        self._changed = asyncio.Event()
+
+        @self.client.on("*")
+        async def any_event(event: str, data: Any = None) -> None:
+            self.events.append((event, data))
+            self._changed.set()
+
+    async def connect(self, url: str) -> Recorder:
+        await self.client.connect(url, transports=["websocket"], socketio_path="/socket.io", wait_timeout=15)
+        return self
+
+    async def emit(self, event: str, data: Any = None) -> None:
+        await self.client.emit(event, data)
+
+    def of(self, name: str) -> list[Any]:
+        return [data for event, data in self.events if event == name]
+
+    async def wait(self, name: str, within: float = 60.0, where: Callable[[Any], bool] | None = None,
+                   after: int = 0) -> Any:
+        """The first `name` event (from index `after` on) matching `where`; fails fast on an unexpected `error`."""
+        deadline = time.monotonic() + within
+        while True:
+            for event, data in self.events[after:]:
+                if event == name and (where is None or where(data)):
+                    return data
+                if event == "error" and name != "error":
+                    raise AssertionError(f"server sent error while waiting for {name}: {data}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {name} within {within}s; got {[e for e, _ in self.events]}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    def mark(self) -> int:
+        return len(self.events)
+
+    async def close(self) -> None:
+        if self.client.connected:
+            await self.client.disconnect()
+
+
+async def recorder(url: str) -> Recorder:
+    return await Recorder().connect(url)
