@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 LIVE = ("granted", "processing")
 GPU_CACHE_S = 1.0
 MAX_LONG_POLL_S = 30.0
+STOP_TIMEOUT_S = 2.0
 # lanes the original's gary uses: their tasks call back gary unless told otherwise
 GARY_LANES = ("generation", "transform")
 
@@ -81,14 +82,13 @@ class Gateway:
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
         await self.notifier.aclose()
         await self.redis.aclose()
 
     async def _register_configured_gpus(self) -> None:
-        gpus, placeholder = configured_gpus(self.settings)
+        gpus, placeholder = await asyncio.to_thread(configured_gpus, self.settings)  # may run nvidia-smi
         if placeholder:
             known = await self.redis.hgetall(rediskeys.gq_gpus())
             if any(int(cap) > 0 for gid, cap in known.items() if gid != FALLBACK_GPU_ID):
@@ -386,4 +386,4 @@ class Gateway:
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(asyncio.shield(pubsub.aclose()), 1.0)
