@@ -25,7 +25,8 @@ def t5_redirect(folder: Path) -> Iterator[None]:
         class Redirected(cls):  # type: ignore[misc, valid-type]
             @classmethod
             def from_pretrained(cls_, name: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N804
-                return cls.from_pretrained(str(folder), *args, **kwargs)
+                with torch.device("cpu"):  # real weights even while the caller builds on the meta device
+                    return cls.from_pretrained(str(folder), *args, **kwargs)
 
         return Redirected
 
