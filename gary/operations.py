@@ -15,6 +15,7 @@ import asyncio
 import base64
 import contextlib
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ OnAccepted = Callable[[str], Awaitable[None]]
 DEFAULT_TOP_K = 250
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_CFG = 3.0
+QUEUED_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -99,13 +101,17 @@ class Operations:
             "description": params["description"],
         }
 
+    async def is_active(self, job: Job | None) -> bool:
+        """Queued or running, and not abandoned (a queued job the queue forgot, a runner that stopped heartbeating)."""
+        if job is None or not job.active:
+            return False
+        if job.state != "queued" or time.time() - job.created_at < QUEUED_GRACE_SECONDS:
+            return True  # (a just-created job may not have reached the queue yet)
+        return await self.dispatcher.queued_alive(job)
+
     async def active_job(self, session_id: str) -> Job | None:
         job = await self.jobs.current(session_id)
-        if job is None or not job.active:
-            return None
-        if job.state == "queued" and not await self.dispatcher.queued_alive(job):
-            return None
-        return job
+        return job if await self.is_active(job) else None
 
     async def ensure_idle(self, session_id: str) -> None:
         job = await self.active_job(session_id)
@@ -323,7 +329,7 @@ class Operations:
         """gary4juce's poll, field for field; `status` and `audio_data` come from the session's current job."""
         session = await self.require_session(session_id)
         job = await self.jobs.current(session_id)
-        active = job is not None and await self.active_job(session_id) is not None
+        active = await self.is_active(job)
         stored = await self.status.get_status(session_id) or {}
         if job is None:
             state = stored.get("status", "unknown")
