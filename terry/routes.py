@@ -62,12 +62,7 @@ async def transform(request: Request) -> dict[str, Any]:
     progress = TransformProgress(session_id, svc.status_store, svc.emitter)
     started = time.monotonic()
     await progress.start()
-    ok = False
-    try:
-        outcome = await svc.runner.run(job, progress)
-        ok = True
-    finally:
-        await progress.finish(success=ok)
+    outcome = await svc.runner.run(job, progress)
     wav = await svc.host.call(audio_io.from_model, outcome.audio, outcome.sample_rate, frame)
     encoded = await svc.host.call(audio_io.wav_b64, wav, frame.out_rate)
     return {

@@ -86,6 +86,15 @@ class TransformRunner:
         self._rate[job.solver] = sample if old is None else 0.7 * old + 0.3 * sample
 
     async def run(self, job: TransformJob, progress: TransformProgress) -> TransformOutcome:
+        """Wait for the GPU, transform, and close `progress` (final 100.0 on success) before the next job starts."""
+        try:
+            outcome = await self._queued(job, progress)
+        except BaseException:
+            await progress.finish(success=False)
+            raise
+        return outcome
+
+    async def _queued(self, job: TransformJob, progress: TransformProgress) -> TransformOutcome:
         ahead = self._waiting + self._active
         self._waiting += 1
         try:
@@ -102,7 +111,9 @@ class TransformRunner:
             self._waiting -= 1
         self._active += 1
         try:
-            return await self._run_locked(job, progress)
+            outcome = await self._run_locked(job, progress)
+            await progress.finish(success=True)
+            return outcome
         finally:
             self._active -= 1
             self._lock.release()

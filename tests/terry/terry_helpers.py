@@ -7,6 +7,7 @@ import base64
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,8 @@ class ThreadedServer:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.port = _free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -39,6 +41,11 @@ class ThreadedServer:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
+        pending = asyncio.all_tasks(self.loop)  # e.g. the Socket.IO Redis listener: stop it before closing the loop
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.close()
 
     @property
     def url(self) -> str:
@@ -105,13 +112,16 @@ class RoomListener:
 
     client: Any
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)
 
-    def of(self, name: str) -> list[dict[str, Any]]:
-        return [data for event, data in self.events if event == name]
+    def of(self, name: str, session_id: str | None = None) -> list[dict[str, Any]]:
+        return [data for event, data in self.events
+                if event == name and (session_id is None or data.get("session_id") == session_id)]
 
 
-async def listen(gary: GaryLikeSocketIO, session_id: str) -> RoomListener:
-    """Connect, join the room, and wait until an emit through Redis demonstrably reaches us."""
+async def listen(gary: GaryLikeSocketIO, *session_ids: str) -> RoomListener:
+    """Connect, join the rooms, and wait until an emit through Redis demonstrably reaches us. Events are stamped
+    with their arrival time; one connection keeps their order across rooms."""
     import socketio
     from garycommon.progress import RedisRoomEmitter
 
@@ -121,14 +131,27 @@ async def listen(gary: GaryLikeSocketIO, session_id: str) -> RoomListener:
     @client.on("*")
     async def any_event(event: str, data: dict[str, Any]) -> None:
         listener.events.append((event, data))
+        listener.stamps.append(time.monotonic())
 
     await client.connect(gary.url, transports=["websocket"], wait_timeout=10)
-    assert await client.call("join", {"session_id": session_id}, timeout=10) == "joined"
+    for session_id in session_ids:
+        assert await client.call("join", {"session_id": session_id}, timeout=10) == "joined"
     probe = RedisRoomEmitter(gary.redis_url, gary.channel)
     deadline = time.monotonic() + 10
-    while not listener.of("probe"):
+    while len(listener.of("probe")) < len(session_ids):
         assert time.monotonic() < deadline, "Redis fan-out to the Socket.IO server never arrived"
-        await probe.emit("probe", {"session_id": session_id}, room=session_id)
+        listener.events.clear()
+        for session_id in session_ids:
+            await probe.emit("probe", {"session_id": session_id}, room=session_id)
         await asyncio.sleep(0.1)
     listener.events.clear()
+    listener.stamps.clear()
     return listener
+
+
+async def until(predicate: Callable[[], bool], limit_s: float = 30.0, what: str = "condition") -> None:
+    """Poll `predicate` until true (for state owned by another thread, where no awaitable exists)."""
+    deadline = time.monotonic() + limit_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
