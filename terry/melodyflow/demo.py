@@ -59,9 +59,10 @@ REAL_CODEC_CFG: dict[str, Any] = {
 
 
 def tiny_configs() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The published configs shrunk: 4-layer 64-wide DiT, 32-dim latent, 4-filter codec (real rate and hop)."""
+    """The published configs shrunk: 8-layer 64-wide DiT (3 skips, so the odd skip order shows), 32-dim latent,
+    4-filter codec at the real rate and hop."""
     dit = copy.deepcopy(REAL_DIT_CFG)
-    dit["transformer_lm"].update(dim=64, num_heads=4, num_layers=4, latent_dim=32)
+    dit["transformer_lm"].update(dim=64, num_heads=4, num_layers=8, latent_dim=32)
     dit[DEMO_MARKER] = True
     codec = copy.deepcopy(REAL_CODEC_CFG)
     codec["seanet"].update(dimension=32, n_filters=4, encoder={"dimension": 64})
