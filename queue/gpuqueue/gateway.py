@@ -67,6 +67,8 @@ class Gateway:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._gpus: dict[str, int] = {}
         self._gpus_at = 0.0
+        # a long-poll re-reads (and so keeps alive) its request well within the poll TTL
+        self._refresh_s = min(1.0, settings.queue_poll_ttl_seconds / 3)
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -230,7 +232,7 @@ class Gateway:
                 if view["state"] != "queued" or left <= 0:
                     return view
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(left, 1.0))
+                    await asyncio.wait_for(event.wait(), min(left, self._refresh_s))
         finally:
             waiting = self._waiters.get(tid)
             if waiting is not None:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 CONCURRENCY = 32
-IDLE_POLL_S = 0.1
+IDLE_POLL_S = 0.5  # longest sleep when idle; new notifications wake the sender at once
 MAX_BACKOFF_S = 30.0
 
 
@@ -83,7 +83,7 @@ class Notifier:
         visibility_ms = int((self.settings.queue_callback_timeout_seconds + 5) * 1000)
         while True:
             try:
-                due = await self.scheduler.claim_notifications(BATCH, visibility_ms)
+                due, next_ms = await self.scheduler.claim_notifications(BATCH, visibility_ms)
             except RedisError as exc:
                 log.warning("outbox unavailable (%s); retrying", exc)
                 await asyncio.sleep(1.0)
@@ -92,8 +92,9 @@ class Notifier:
                 await asyncio.gather(*(self._deliver(n) for n in due))
                 continue
             self._wake.clear()
+            sleep = IDLE_POLL_S if next_ms < 0 else min(IDLE_POLL_S, next_ms / 1000)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), IDLE_POLL_S)
+                await asyncio.wait_for(self._wake.wait(), sleep)
 
     async def _deliver(self, n: dict[str, Any]) -> None:
         async with self._sem:

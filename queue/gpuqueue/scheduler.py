@@ -107,10 +107,10 @@ class Scheduler:
             out = json.loads(raw)
             # cjson writes an empty Lua table as {}: normalise the list-valued fields
             if isinstance(out, dict):
-                for key in ("grants", "expired"):
+                for key in ("grants", "expired", "items"):
                     if out.get(key) == {}:
                         out[key] = []
-            return [] if out == {} and name == "outbox_claim" else out
+            return out
         return raw
 
     async def enqueue(self, *, lane: str, session_id: str, client: str, key: str, mb: int, model: str, task_type: str,
@@ -142,8 +142,10 @@ class Scheduler:
                                             "active": active, "queued": queued})
         return bool(out)
 
-    async def claim_notifications(self, limit: int, visibility_ms: int) -> list[dict[str, Any]]:
-        return await self._call("outbox_claim", {"limit": limit, "vis_ms": visibility_ms})
+    async def claim_notifications(self, limit: int, visibility_ms: int) -> tuple[list[dict[str, Any]], int]:
+        """(due notifications, now claimed by the caller; ms until the next is due when none is, else -1)."""
+        out = await self._call("outbox_claim", {"limit": limit, "vis_ms": visibility_ms})
+        return out["items"], int(out["next_ms"])
 
     async def ack_notification(self, notification_id: str, ok: bool, *, delay_ms: int = 0, max_attempts: int = 1,
                                error: str = "") -> str:

@@ -1,6 +1,6 @@
 -- Claims due notifications for delivery: each is hidden for vis_ms (another replica retries it if this one dies).
 -- Superseded ones (a newer notification exists for the same task) are dropped unsent.
--- OP: limit vis_ms
+-- OP: limit vis_ms. Returns {items, next_ms}: next_ms = ms until the next one is due (-1: none), when none is due now.
 local ids = redis.call('ZRANGEBYSCORE', K_OUTBOX, '-inf', NOW, 'LIMIT', 0, OP.limit)
 local out = {}
 for _, nid in ipairs(ids) do
@@ -18,4 +18,9 @@ for _, nid in ipairs(ids) do
     out[#out + 1] = n
   end
 end
-return cjson.encode(out)
+local next_ms = -1
+if #out == 0 then
+  local first = redis.call('ZRANGE', K_OUTBOX, 0, 0, 'WITHSCORES')
+  if #first == 2 then next_ms = math.max(0, tonumber(first[2]) - NOW) end
+end
+return cjson.encode({items = out, next_ms = next_ms})
