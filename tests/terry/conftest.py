@@ -1,6 +1,5 @@
 """terry test fixtures: the real app under uvicorn on a free port, tiny random MelodyFlow checkpoints written in the
-published layout, and a gary-like Socket.IO server sharing the Redis channel (a stand-in for gary's Socket.IO peer,
-used until/unless gary's own server module is importable)."""
+published layout, and gary's real Socket.IO server sharing the Redis channel."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 from garycommon.settings import Settings
-from terry_helpers import MODEL, GaryLikeSocketIO, Terry, ThreadedServer
+from terry_helpers import MODEL, GarySocketIO, Terry, ThreadedServer
 
 
 @pytest.fixture(scope="session")
@@ -58,20 +57,13 @@ def terry(make_terry: Callable[..., Terry]) -> Terry:
 
 
 @pytest.fixture(scope="session")
-def gary_sio(redis_server: Any) -> Iterator[GaryLikeSocketIO]:
-    import socketio
+def gary(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GarySocketIO]:
+    """gary's real server (Socket.IO + HTTP on one port) on the shared Redis; clients join rooms through it."""
+    from gary.app import create_app
 
-    channel = "flask-socketio"
-    sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*",
-                               client_manager=socketio.AsyncRedisManager(redis_server.url, channel=channel))
-
-    @sio.on("join")
-    async def join(sid: str, data: dict[str, Any]) -> str:
-        await sio.enter_room(sid, data["session_id"])
-        return "joined"
-
-    server = ThreadedServer(socketio.ASGIApp(sio)).start()
-    yield GaryLikeSocketIO(server, redis_server.url, channel)
+    settings = Settings(redis_url=redis_server.url, queue_url="", session_store="sqlite",
+                        data_dir=tmp_path_factory.mktemp("gary-data"), transfer_dir=tmp_path_factory.mktemp("gary-tx"),
+                        device="cpu", log_level="WARNING")
+    server = ThreadedServer(create_app(settings)).start()
+    yield GarySocketIO(server, redis_server.url, settings.socketio_channel)
     server.stop()
-
-

@@ -1,4 +1,4 @@
-"""Helpers for terry tests: a threaded uvicorn server, test audio, and a Socket.IO room listener."""
+"""Helpers for terry tests: a threaded uvicorn server, test audio, and a Socket.IO client in gary's rooms."""
 
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ def wav_b64(seconds: float, rate: int = 44100, channels: int = 2, seed: int = 0)
 
 
 @dataclass
-class GaryLikeSocketIO:
-    """A python-socketio ASGI server on the shared Redis channel, like gary's; `join` puts a client in a room."""
+class GarySocketIO:
+    """A running gary (its Socket.IO server is where clients sit) and the Redis channel terry emits on."""
 
     server: ThreadedServer
     redis_url: str
@@ -119,9 +119,10 @@ class RoomListener:
                 if event == name and (session_id is None or data.get("session_id") == session_id)]
 
 
-async def listen(gary: GaryLikeSocketIO, *session_ids: str) -> RoomListener:
-    """Connect, join the rooms, and wait until an emit through Redis demonstrably reaches us. Events are stamped
-    with their arrival time; one connection keeps their order across rooms."""
+async def listen(gary: GarySocketIO, rooms: int = 1) -> tuple[RoomListener, list[str]]:
+    """A gary4live-like client: connect to gary, get `rooms` fresh sessions whose rooms it joins (gary's
+    `begin_restore_audio` creates one and joins it), and wait until an emit through Redis demonstrably reaches
+    it. Events are stamped with their arrival time; one connection keeps their order across rooms."""
     import socketio
     from garycommon.progress import RedisRoomEmitter
 
@@ -134,19 +135,21 @@ async def listen(gary: GaryLikeSocketIO, *session_ids: str) -> RoomListener:
         listener.stamps.append(time.monotonic())
 
     await client.connect(gary.url, transports=["websocket"], wait_timeout=10)
-    for session_id in session_ids:
-        assert await client.call("join", {"session_id": session_id}, timeout=10) == "joined"
+    for n in range(rooms):
+        await client.emit("begin_restore_audio", {})
+        await until(lambda n=n: len(listener.of("ready_for_chunks")) > n, 10, "gary's ready_for_chunks")
+    session_ids = [data["session_id"] for data in listener.of("ready_for_chunks")]
     probe = RedisRoomEmitter(gary.redis_url, gary.channel)
     deadline = time.monotonic() + 10
     while len(listener.of("probe")) < len(session_ids):
-        assert time.monotonic() < deadline, "Redis fan-out to the Socket.IO server never arrived"
+        assert time.monotonic() < deadline, "Redis fan-out to gary's Socket.IO server never arrived"
         listener.events.clear()
         for session_id in session_ids:
             await probe.emit("probe", {"session_id": session_id}, room=session_id)
         await asyncio.sleep(0.1)
     listener.events.clear()
     listener.stamps.clear()
-    return listener
+    return listener, session_ids
 
 
 async def until(predicate: Callable[[], bool], limit_s: float = 30.0, what: str = "condition") -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from garycommon.audio import Audio, decode_audio
-from terry_helpers import GaryLikeSocketIO, Terry, listen, until, wav_b64
+from terry_helpers import GarySocketIO, Terry, listen, until, wav_b64
 
 from terry.presets import PRESETS
 
@@ -33,11 +33,10 @@ def result_audio(resp: httpx.Response) -> Audio:
 
 
 async def test_30s_transform_progress_reaches_gary_room_and_health_stays_live(
-    make_terry: Callable[..., Terry], gary_sio: GaryLikeSocketIO
+    make_terry: Callable[..., Terry], gary: GarySocketIO
 ) -> None:
     t = make_terry()
-    sid = "progress-30s"
-    room = await listen(gary_sio, sid)
+    room, (sid,) = await listen(gary)
     try:
         task = asyncio.create_task(transform(t, session_id=sid, variation="lofi_chill", audio=wav_b64(30.0, 44100),
                                              flowstep=0.1, **FAST))
@@ -115,25 +114,25 @@ async def test_every_preset_name_and_custom_prompts_are_accepted(terry: Terry) -
     assert (meta["prompt"], meta["solver"], meta["steps"]) == ("dreamy harp", "midpoint", 2)
 
 
-async def test_one_transform_at_a_time_with_queue_status(terry: Terry, gary_sio: GaryLikeSocketIO) -> None:
-    room = await listen(gary_sio, "first", "second")  # one connection: arrival order = emit order
+async def test_one_transform_at_a_time_with_queue_status(terry: Terry, gary: GarySocketIO) -> None:
+    room, (first_sid, second_sid) = await listen(gary, 2)  # one connection: arrival order = emit order
     try:
         audio = wav_b64(3.0)
-        first = asyncio.create_task(transform(terry, session_id="first", variation="celtic", audio=audio, steps=8))
-        await until(lambda: bool(room.of("progress_update", "first")), what="first transform's progress")
-        second = await transform(terry, session_id="second", variation="celtic", audio=audio, **FAST)
+        first = asyncio.create_task(transform(terry, session_id=first_sid, variation="celtic", audio=audio, steps=8))
+        await until(lambda: bool(room.of("progress_update", first_sid)), what="first transform's progress")
+        second = await transform(terry, session_id=second_sid, variation="celtic", audio=audio, **FAST)
         assert (await first).status_code == 200 and second.status_code == 200
         await asyncio.sleep(0.3)
     finally:
         await room.client.disconnect()
-    queued = [q for q in room.of("queue_status", "second") if q["status"] == "queued"]
+    queued = [q for q in room.of("queue_status", second_sid) if q["status"] == "queued"]
     assert queued and queued[0]["position"] == 1 and queued[0]["total_queued"] == 2
     assert queued[0]["estimated_seconds"] > 0 and "ahead" in queued[0]["message"]
     order = [(event, data["session_id"], data.get("progress")) for event, data in room.events
              if event == "progress_update"]
-    first_done = order.index(("progress_update", "first", 100.0))
-    assert all(sid == "first" for _, sid, _ in order[:first_done + 1])
-    assert all(sid == "second" for _, sid, _ in order[first_done + 1:]) and order[-1] == ("progress_update", "second", 100.0)
+    first_done = order.index(("progress_update", first_sid, 100.0))
+    assert all(sid == first_sid for _, sid, _ in order[:first_done + 1])
+    assert all(sid == second_sid for _, sid, _ in order[first_done + 1:]) and order[-1] == ("progress_update", second_sid, 100.0)
 
 
 async def test_model_unloads_when_idle_but_never_mid_transform(make_terry: Callable[..., Terry]) -> None:
