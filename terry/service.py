@@ -19,6 +19,9 @@ from .runner import TransformRunner
 log = logging.getLogger(__name__)
 
 ENGINE_RATE = 48000  # MelodyFlow's codec rate; inputs are resampled to it before the (possibly lazy) load
+# Resident (loaded-weights) leases live on their own uncapped lane: on the transform lane (capacity 1) a resident
+# request would wait behind the very task gary is running for us, which is already holding that lane's one slot.
+RESIDENT_LANE = "terry"
 
 
 def default_loader(settings: Settings, model: str) -> Callable[[], Engine]:
@@ -84,7 +87,7 @@ class TerryService:
     def _resident_lease(self) -> AbstractAsyncContextManager[Any]:
         return self.queue.lease(
             self.settings.terry_model,
-            lane="transform",
+            lane=RESIDENT_LANE,
             owner="terry:resident",
             vram_mb=self.settings.terry_resident_vram_mb,
             resident=True,
