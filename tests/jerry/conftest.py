@@ -47,7 +47,8 @@ def jerry_settings(root: Path, **extra: object) -> Settings:
     return Settings(**{**fields, **extra})
 
 
-def start_server(settings: Settings) -> tuple[JerryServer, uvicorn.Server, threading.Thread]:
+def start_server(settings: Settings, *, expect: int = 200) -> tuple[JerryServer, uvicorn.Server, threading.Thread]:
+    """Serve `settings` on a free port; returns once /health answers `expect` (200 ready, 503 failed to load)."""
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
@@ -57,14 +58,15 @@ def start_server(settings: Settings) -> tuple[JerryServer, uvicorn.Server, threa
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            r = httpx.get(f"{url}/health", timeout=2)
+            if r.status_code == expect and r.json()["status"] != "loading":
                 break
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     else:
         server.should_exit = True
-        raise RuntimeError("jerry did not become healthy")
+        raise RuntimeError(f"jerry /health did not answer {expect}")
     return JerryServer(url, app, app.state.jerry.settings), server, thread
 
 

@@ -1,0 +1,75 @@
+"""Start-up paths: the console script in demo mode, and a model that cannot be loaded (503, never 500; the server
+still answers everything that needs no model)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import JerryServer, free_port, jerry_settings, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_unloadable_model_is_503_with_a_reason(tmp_path: Path) -> None:
+    settings = jerry_settings(tmp_path, demo_models=False)
+    (settings.local_models_dir / "stabilityai" / "stable-audio-open-small").mkdir(parents=True)  # no files in it
+    js, server, thread = start_server(settings, expect=503)
+    try:
+        with httpx.Client(base_url=js.url, timeout=30) as http:
+            health = http.get("/health")
+            assert health.status_code == 503
+            assert health.json()["status"] == "error" and "model_config.json" in health.json()["error"]
+            r = http.post("/generate", json={"prompt": "x"})
+            assert r.status_code == 503 and "could not be loaded" in r.json()["error"]
+            assert http.get("/model/info").status_code == 503
+            assert http.post("/generate", json={}).status_code == 400
+            assert http.post("/generate/loop", data={"prompt": "no tempo"}).status_code == 400
+            assert http.get("/riffs/available").json()["available_keys"] == []
+            assert http.get("/docs").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_jerry_server_console_script_demo(tmp_path: Path, jerry: JerryServer) -> None:
+    exe = Path(sys.executable).with_name("jerry-server")
+    if not exe.exists():
+        pytest.skip("the project is not installed in this environment (pip install -e .)")
+    port = free_port()
+    env = {**os.environ, "DATA_DIR": str(tmp_path), "LOCAL_MODELS_DIR": str(jerry.settings.local_models_dir),
+           "QUEUE_URL": "", "DEVICE": "cpu", "DEMO_MODELS": "0", "LOG_LEVEL": "INFO"}
+    log = tmp_path / "jerry.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(exe), "--demo", "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("jerry-server --demo never became healthy:\n" + log.read_text()[-3000:])
+        r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"prompt": "x 120bpm", "steps": 1, "seed": 1,
+                                                                  "return_format": "base64"}, timeout=60)
+        assert r.status_code == 200 and r.json()["metadata"]["demo"] is True
+        assert "DEMO MODE" in log.read_text()
+        assert sorted(p.name for p in (tmp_path / "riffs").iterdir())[0] == "c_100bpm.wav", "demo riffs written"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
