@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     jerry_riffs_dir: Path | None = Field(None, description="jerry: riff library folder (default DATA_DIR/riffs)")
     jerry_max_batch: int = Field(8, ge=1, le=64, description="jerry: most concurrent requests batched into one sampler run")
     jerry_batch_window_ms: float = Field(
-        4.0, ge=0, description="jerry: how long the worker waits for more requests to batch with the first one"
+        0.0, ge=0, description="jerry: extra wait for requests to batch with (0: only those queued while the GPU was busy)"
     )
     jerry_max_models: int = Field(2, ge=1, description="jerry: models kept loaded (LRU; the standard one always stays)")
     jerry_peak_normalize: bool = Field(

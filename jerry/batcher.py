@@ -39,7 +39,7 @@ def batch_key(engine: Any, request: Any) -> Hashable:
 class Batcher:
     """`await batcher.submit(engine, request)` -> the engine's result for that request."""
 
-    def __init__(self, *, max_batch: int = 8, window_s: float = 0.004, name: str = "jerry-gpu") -> None:
+    def __init__(self, *, max_batch: int = 8, window_s: float = 0.0, name: str = "jerry-gpu") -> None:
         self.max_batch = max_batch
         self.window_s = window_s
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -99,7 +99,8 @@ class Batcher:
                 return
 
     def _gather(self, jobs: list[_Job]) -> bool:
-        """Collect what is already waiting (and what arrives within the window) behind the first job."""
+        """Collect what is already waiting (and what arrives within the window) behind the first job. With no window
+        an idle worker starts at once, and whatever arrives during a run forms the next batch."""
         deadline = time.perf_counter() + self.window_s
         while len(jobs) < self.max_batch * 4:
             timeout = deadline - time.perf_counter()

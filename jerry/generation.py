@@ -105,7 +105,7 @@ class Generator:
         audio, took = await self._run(entry, prompt=prompt, negative_prompt=req.negative_prompt, seconds_total=seconds,
                                       steps=steps, cfg_scale=req.cfg_scale, seed=seed, sampler_type=sampler)
         normalize = self._normalize(req.normalize)
-        wav = render_wav(audio, entry.sample_rate, samples, normalize=normalize)
+        wav = await asyncio.to_thread(render_wav, audio, entry.sample_rate, samples, normalize=normalize)
         duration = samples / entry.sample_rate
         meta = {
             "prompt": prompt, "negative_prompt": req.negative_prompt, "steps": steps, "cfg_scale": req.cfg_scale,
@@ -133,7 +133,7 @@ class Generator:
             init_audio=init, init_noise_level=req.style_strength if init is not None else None,
         )
         normalize = self._normalize(req.normalize)
-        wav = render_wav(audio, entry.sample_rate, plan.samples, normalize=normalize)
+        wav = await asyncio.to_thread(render_wav, audio, entry.sample_rate, plan.samples, normalize=normalize)
         meta = {
             "prompt": shaped.prompt, "original_prompt": prompt, "negative_prompt": shaped.negative_prompt or "",
             "loop_type": req.loop_type, **_loop_meta(plan),
@@ -156,7 +156,7 @@ class Generator:
             cfg_scale=req.cfg_scale, seed=seed, sampler_type="pingpong", init_audio=init, init_noise_level=req.style_strength,
         )
         normalize = self._normalize(req.normalize)
-        wav = render_wav(audio, entry.sample_rate, entry.window_samples, normalize=normalize)
+        wav = await asyncio.to_thread(render_wav, audio, entry.sample_rate, entry.window_samples, normalize=normalize)
         meta = {
             "prompt": prompt, "negative_prompt": req.negative_prompt, "style_strength": req.style_strength,
             "steps": req.steps, "cfg_scale": req.cfg_scale, "seed": seed, "seconds_total": round(seconds, 3),
@@ -188,7 +188,7 @@ class Generator:
             guide_mask=mask, guide_strength=req.guidance_strength,
         )
         normalize = self._normalize(req.normalize)
-        wav = render_wav(audio, entry.sample_rate, plan.samples, normalize=normalize)
+        wav = await asyncio.to_thread(render_wav, audio, entry.sample_rate, plan.samples, normalize=normalize)
         meta = {
             "prompt": shaped.prompt, "original_prompt": prompt, "negative_prompt": shaped.negative_prompt or "",
             "loop_type": req.loop_type, **_loop_meta(plan), "guidance_mask": req.guidance_mask,
@@ -225,7 +225,7 @@ class Generator:
             init_audio=fit_window(init, entry.window_samples), init_noise_level=req.style_strength,
         )
         normalize = self._normalize(req.normalize)
-        wav = render_wav(audio, entry.sample_rate, plan.samples, normalize=normalize)
+        wav = await asyncio.to_thread(render_wav, audio, entry.sample_rate, plan.samples, normalize=normalize)
         meta = {
             "prompt": shaped.prompt, "original_prompt": prompt, "key": req.key.strip().lower(),
             "negative_prompt": shaped.negative_prompt or "", "loop_type": req.loop_type, **_loop_meta(plan),

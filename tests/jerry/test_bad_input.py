@@ -132,3 +132,16 @@ def test_bad_requests_change_nothing(http: httpx.Client, jerry) -> None:  # noqa
                                           "finetune_checkpoint": "nope.ckpt"})
     assert r.status_code == 404 and "nope.ckpt" in r.json()["error"]
     assert http.get("/models/status").json() == before
+
+
+def test_api_keys_when_configured(http: httpx.Client, jerry) -> None:  # noqa: ANN001
+    jerry.settings.api_keys = ["k1"]
+    try:
+        r = http.post("/generate", json={"prompt": "x"})
+        assert r.status_code == 401 and "API key" in r.json()["error"]
+        assert http.get("/models/status").status_code == 401
+        assert http.post("/generate", json={}, headers={"X-API-Key": "k1"}).status_code == 400  # past the key check
+        assert http.post("/generate", json={}, headers={"Authorization": "Bearer k1"}).status_code == 400
+        assert http.get("/health").status_code == 200, "health stays open for orchestrators"
+    finally:
+        jerry.settings.api_keys = []
