@@ -124,6 +124,7 @@ class SAOEngine:
         # Swapped by the CUDA fast path for graph-replaying versions of the same computations.
         self.dit_fn: Callable[..., torch.Tensor] = self.net.model.model
         self.decode_fn: Callable[[torch.Tensor], torch.Tensor] = self.net.pretransform.model.decode
+        self.graph_runner: object | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -136,13 +137,13 @@ class SAOEngine:
 
         `checkpoint` names a fine-tune file inside the repo (safetensors or weights-only .ckpt), applied over the
         weights of `base`. Repo ids must pass the allow-list; `client_named` names may not be filesystem paths.
-        `fast` (default: on CUDA) enables reduced precision and CUDA graphs.
+        `fast` (default: on CUDA) enables fused kernels and CUDA graphs; `dtype` defaults to fp16 on CUDA.
         """
         from garycommon.devices import pick_device
 
         device = device or pick_device(settings.device)
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if dtype is None:  # fp16 like the original deployment: more mantissa than bf16 for the VAE's audio
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
         _check_name(name_or_path, settings, client_named=client_named, base=base)
         if checkpoint is None:
             folder = resolve_model_dir(name_or_path, [CONFIG_FILE], settings, optional_files=WEIGHT_FILES)
@@ -204,12 +205,10 @@ class SAOEngine:
         return [job.result for job in ticket.jobs if job.result is not None]
 
     def warmup(self) -> None:
-        """One short generation (and, on the fast path, graph capture for batch 1) so the first client waits less."""
-        warm = getattr(self, "fast_warmup", None)
-        if warm is not None:
-            warm()
-        else:
-            self.generate([SAORequest(prompt="warm-up", steps=1, seed=0)])
+        """Short generations with and without CFG: on the fast path they compile the fused kernels, autotune the
+        convolutions and capture the batch-1 CUDA graphs, so the first client does not pay for it."""
+        self.generate([SAORequest(prompt="warm-up", steps=2, seed=0)])
+        self.generate([SAORequest(prompt="warm-up", steps=2, seed=0, cfg_scale=6.0, negative_prompt="noise")])
 
     # ------------------------------------------------------------------ batching
     def _prepare(self, req: SAORequest) -> _Job:
