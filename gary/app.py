@@ -15,12 +15,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import socketio
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from garycommon.devices import pick_device
+from garycommon.errors import ErrorCode
 from garycommon.httpapp import WS_MAX_BYTES, default_error_body, install_error_handlers
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings, get_settings
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import events, routes_juce, routes_misc
 from .catalog import all_model_names
@@ -150,6 +153,12 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
                   lifespan=lifespan)
     api.state.gary = ctx
     install_error_handlers(api, default_error_body)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes and wrong methods answer in the same `{success: false, error}` shape as everything else."""
+        code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
+        return JSONResponse({"success": False, "error": str(exc.detail), "code": str(code)}, status_code=exc.status_code)
     api.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     api.include_router(routes_juce.router)
     api.include_router(routes_misc.router)

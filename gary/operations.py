@@ -66,6 +66,7 @@ class Operations:
         self.jobs = jobs
         self.status = status
         self.dispatcher = dispatcher
+        self._store_chunk = redis.register_script(_STORE_CHUNK)
 
     # --- shared checks ------------------------------------------------------------------------------------------
     async def decode_checked(self, audio_text: str) -> bytes:
@@ -282,24 +283,16 @@ class Operations:
         if req.model_name:
             catalog.check_model(req.model_name, self.settings)
         upload = rediskeys.restore_upload(sid)
-        if not await self.redis.exists(upload):
+        received = rediskeys.received_chunks(sid)
+        count = int(await self._store_chunk(
+            keys=[upload, rediskeys.chunk(sid, req.chunk_index), received],
+            args=[req.chunk, req.chunk_index, MAX_AUDIO_TEXT, rediskeys.CHUNK_TTL, rediskeys.RESTORE_TTL,
+                  req.model_name or "", req.prompt_duration or ""]))
+        if count == -1:
             raise GaryError(ErrorCode.BAD_REQUEST, "Unknown restore upload: send begin_restore_audio first")
-        key = rediskeys.chunk(sid, req.chunk_index)
-        previous = int(await self.redis.strlen(key))
-        total_bytes = int(await self.redis.hincrby(upload, "bytes", len(req.chunk) - previous))
-        if total_bytes > MAX_AUDIO_TEXT:
+        if count == -2:
             await self.discard_restore(sid)
             raise GaryError(ErrorCode.DATA_TOO_LARGE, "Audio data is too large to restore", http_status=413)
-        received = rediskeys.received_chunks(sid)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if req.model_name and req.prompt_duration:  # remembered from whichever chunk carried them
-                pipe.hset(upload, mapping={"model_name": req.model_name, "prompt_duration": req.prompt_duration})
-            pipe.set(key, req.chunk, ex=rediskeys.CHUNK_TTL)
-            pipe.sadd(received, req.chunk_index)
-            pipe.expire(received, rediskeys.CHUNK_TTL)
-            pipe.expire(upload, rediskeys.RESTORE_TTL)
-            pipe.scard(received)
-            *_, count = await pipe.execute()
         ack = {"session_id": sid, "chunk_index": req.chunk_index, "total_chunks": req.total_chunks,
                "received_chunks": int(count)}
         if not req.is_last and count < req.total_chunks:
@@ -384,6 +377,24 @@ class Operations:
         return 200, {"status": "success", "audio_data": base64.b64encode(raw).decode("ascii"),
                      "model_name": session.get("model_name"), "prompt_duration": session.get("prompt_duration"),
                      "session_id": session_id}
+
+
+# Atomic so chunks racing a discard (or each other) can't leave keys behind or slip past the size cap.
+# Returns the number of chunks received, -1 when the upload is unknown, -2 when the total would exceed the cap.
+_STORE_CHUNK = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local previous = redis.call('STRLEN', KEYS[2])
+local total = redis.call('HINCRBY', KEYS[1], 'bytes', string.len(ARGV[1]) - previous)
+if total > tonumber(ARGV[3]) then return -2 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if ARGV[6] ~= '' and ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[1], 'model_name', ARGV[6], 'prompt_duration', ARGV[7])
+end
+return redis.call('SCARD', KEYS[3])
+"""
 
 
 def _resolve_seed(seed: int | None) -> int:

@@ -223,7 +223,8 @@ class JobRunner:
     async def _report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
                       fencing_token: int | str | None = None) -> None:
         try:
-            await self.dispatcher.report(lane, session_id, status, error=error, fencing_token=fencing_token)
+            await self.dispatcher.report(lane, session_id, status, error=error[:1000] if error else None,
+                                         fencing_token=fencing_token)
         except Exception as exc:
             log.warning("could not report %s for %s to the queue: %s", status, session_id, exc)
 

@@ -16,12 +16,15 @@ OUTPUT_SECONDS = 2.0  # short generations keep the suite fast on CPU
 
 
 @pytest.fixture(scope="session")
-def gary_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """LOCAL_MODELS_DIR with a tiny MusicGen for every catalogue name, the tiny T5 and a tiny MelodyFlow."""
+def gary_models(pytestconfig: pytest.Config) -> Path:
+    """LOCAL_MODELS_DIR with a tiny MusicGen for every catalogue name, the tiny T5 and a tiny MelodyFlow.
+
+    Kept in pytest's cache folder: the writers are deterministic and idempotent, so later runs skip the ~15 s of
+    tokenizer training."""
     from gary.catalog import all_model_names
     from gary.musicgen.demo import install_demo
 
-    root = tmp_path_factory.mktemp("gary-models")
+    root = pytestconfig.cache.mkdir("gary-demo-models")
     settings = Settings(local_models_dir=root)
     install_demo(settings, all_model_names())
     try:

@@ -1,0 +1,166 @@
+"""gary behind the real GPU queue gateway (`gpuqueue`): enqueue -> `ready` callback -> run -> status reports; queued
+state visible to pollers and Socket.IO clients; heartbeats keep a long job's lease; duplicate `ready`s never start a
+job twice; a `ready` gary cannot serve and a job failing before the work starts are both reported `failed`, freeing
+the slot (the original left it occupied)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from conftest import Gary
+from gary_helpers import MODEL, ThreadedServer, recorder, wav_b64
+from garycommon.queueclient import QueueClient
+from garycommon.settings import Settings
+
+LEASE_TTL = 2.0
+
+
+@pytest.fixture(scope="module")
+def gateway(redis_server: Any) -> Iterator[str]:
+    from gpuqueue.app import create_app
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"  # the gateway's own database
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings(redis_url=url, gary_url="", queue_gpus="gpu0=80000", queue_lane_caps="generation=1,transform=1",
+                        queue_lease_ttl_seconds=LEASE_TTL, queue_reaper_interval_seconds=0.05,
+                        queue_position_interval_seconds=0.1, queue_callback_backoff_seconds=0.1, log_level="WARNING")
+    server = ThreadedServer(create_app(settings)).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gary(make_gary: Any, gateway: str, terry_url: str) -> Gary:
+    return make_gary(queue_url=gateway, terry_url=terry_url, gary_heartbeat_seconds=0.3)
+
+
+async def gateway_task(gateway: str, sid: str, lane: str = "") -> dict[str, Any] | None:
+    async with httpx.AsyncClient(base_url=gateway) as http:
+        r = await http.get(f"{lane}/tasks/{sid}")
+    return r.json() if r.status_code == 200 else None
+
+
+async def until(check: Any, within: float = 30.0) -> Any:
+    deadline = time.monotonic() + within
+    while not (value := await check()):
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+    return value
+
+
+async def test_bang_and_transform_through_the_gateway(gary: Gary, gateway: str) -> None:
+    rec = await recorder(gary.url)
+    try:
+        mark = rec.mark()
+        await rec.emit("process_audio_request", {"audio_data": wav_b64(2.0), "model_name": MODEL, "prompt_duration": 1})
+        sid = (await rec.wait("process_audio_received", after=mark))["session_id"]
+        ready = await rec.wait("queue_status", after=mark, where=lambda d: d["status"] == "ready")
+        assert ready["message"] == "Starting generation now..." and ready["notification_id"]
+        assert isinstance(ready["position"], int) and isinstance(ready["estimated_seconds"], float)
+        result = await rec.wait("audio_processed", after=mark)
+        assert result["session_id"] == sid
+        task = await until(lambda: _finished(gateway, sid))
+        assert task["status"] == "completed"
+
+        mark = rec.mark()
+        await rec.emit("transform_audio_request", {"session_id": sid, "variation": "celtic", "flowstep": 0.1})
+        await rec.wait("transform_audio_received", after=mark)
+        transformed = await rec.wait("audio_transformed", after=mark, within=120)
+        assert transformed["variation"] == "celtic"
+        task = await until(lambda: _finished(gateway, sid, "/transform"))
+        assert task["status"] == "completed"
+    finally:
+        await rec.close()
+
+
+async def _finished(gateway: str, sid: str, lane: str = "") -> dict[str, Any] | None:
+    task = await gateway_task(gateway, sid, lane)
+    return task if task and task.get("status") in ("completed", "failed") else None
+
+
+async def test_queued_state_and_heartbeats(gary: Gary, gateway: str) -> None:
+    """generation=1 on the gateway: the second bang waits `queued`; the first outlives the lease TTL by heartbeats."""
+    listener = await recorder(gary.url)
+    release = gary.hold_gpu()
+    try:
+        async with httpx.AsyncClient(base_url=gary.url, timeout=30) as http:
+            first = (await http.post("/api/juce/process_audio", json={"audio_data": wav_b64(2.0), "model_name": MODEL,
+                                                                      "prompt_duration": 1})).json()["session_id"]
+            mark = listener.mark()
+            await listener.emit("process_audio_request", {"audio_data": wav_b64(2.0), "model_name": MODEL,
+                                                          "prompt_duration": 1})
+            second = (await listener.wait("process_audio_received", after=mark))["session_id"]
+            queued = await listener.wait("queue_status", after=mark, where=lambda d: d["status"] == "queued")
+            assert queued["session_id"] == second and queued["position"] == 1
+            assert queued["message"].startswith("Task queued successfully. You are number 1 in the queue.")
+
+            async def polled_queued() -> dict[str, Any] | None:
+                body = (await http.get(f"/api/juce/poll_status/{second}")).json()
+                return body if body["queue_status"].get("status") == "queued" else None
+
+            body = await until(polled_queued)
+            assert body["status"] == "queued" and body["generation_in_progress"] is True
+            assert (await http.get(f"/api/juce/poll_status/{first}")).json()["status"] == "warming"
+            await asyncio.sleep(LEASE_TTL * 1.5)  # longer than the lease: only heartbeats keep it
+            assert (await gateway_task(gateway, first))["status"] in ("granted", "processing")
+        release.set()
+        await listener.wait("audio_processed", after=mark, within=60)
+        for sid in (first, second):
+            assert (await until(lambda sid=sid: _finished(gateway, sid)))["status"] == "completed"
+    finally:
+        release.set()
+        await listener.close()
+
+
+async def test_ready_is_idempotent_and_unservable_ready_is_failed(gary: Gary, gateway: str) -> None:
+    async with httpx.AsyncClient(base_url=gary.url, timeout=30) as http:
+        r = await http.post("/api/juce/process_audio", json={"audio_data": wav_b64(2.0), "model_name": MODEL,
+                                                             "prompt_duration": 1})
+        sid = r.json()["session_id"]
+        await until(lambda: _finished(gateway, sid))
+        job = gary.call(gary.ctx.jobs.current(sid))
+        assert job.state == "completed"
+        # a re-sent `ready` (new notification id) for a finished job starts nothing
+        r = await http.post("/task_notification", json={"session_id": sid, "status": "ready", "type": "process_audio"},
+                            headers={"X-Notification-ID": uuid.uuid4().hex})
+        assert r.status_code == 200
+        await asyncio.sleep(0.3)
+        assert gary.call(gary.ctx.jobs.current(sid)).updated_at == job.updated_at
+
+    # a task gary knows nothing about (e.g. gary lost it in a crash): its `ready` is answered with `failed`
+    queue = QueueClient(gateway)
+    try:
+        orphan = f"orphan-{uuid.uuid4().hex[:8]}"
+        await queue.enqueue("generation", orphan, "process_audio", {}, callback_url=gary.url, model=MODEL, vram_mb=100)
+        task = await until(lambda: _finished(gateway, orphan))
+        assert task["status"] == "failed"
+    finally:
+        await queue.aclose()
+
+
+async def test_failure_before_the_work_is_reported(gary: Gary, gateway: str) -> None:
+    """The session vanishes while the job waits in the queue: the client gets an `error`, the gateway `failed`."""
+    rec = await recorder(gary.url)
+    queue = QueueClient(gateway)
+    try:
+        async with queue.lease(MODEL, lane="generation", owner="test-blocker", vram_mb=100):  # the lane's one slot
+            mark = rec.mark()
+            await rec.emit("process_audio_request", {"audio_data": wav_b64(2.0), "model_name": MODEL,
+                                                     "prompt_duration": 1})
+            sid = (await rec.wait("process_audio_received", after=mark))["session_id"]
+            await rec.wait("queue_status", after=mark, where=lambda d: d["status"] == "queued")
+            gary.call(gary.ctx.store.delete(sid))
+        err = await rec.wait("error", after=mark, within=30)
+        assert err["session_id"] == sid and "initial_audio" in err["message"] and err["code"] == "NOT_FOUND"
+        assert (await until(lambda: _finished(gateway, sid)))["status"] == "failed"
+        assert gary.call(gary.ctx.jobs.current(sid)).state == "failed"
+    finally:
+        await queue.aclose()
+        await rec.close()
