@@ -32,6 +32,9 @@ from .state import JerryState
 log = logging.getLogger("jerry")
 
 LEASE_MODEL = "stabilityai/stable-audio-open-small"
+LEASE_LANE = "jerry"
+LEASE_OWNER = "jerry:resident"
+LEASE_CHECK_SECONDS = 1.0
 FORM_OVERHEAD = 1024 * 1024
 
 
@@ -91,12 +94,14 @@ async def hold_resident_lease(state: JerryState) -> None:
         while True:
             try:
                 state.lease = {"state": "waiting"}
-                async with client.lease(LEASE_MODEL, lane="jerry", owner="jerry", vram_mb=settings.jerry_lease_vram_mb,
-                                        resident=True) as lease:
-                    state.lease = {"state": "held", "lease_id": getattr(lease, "id", None)}
-                    log.info("resident lease %s held with the queue gateway", getattr(lease, "id", "?"))
+                async with client.lease(LEASE_MODEL, lane=LEASE_LANE, owner=LEASE_OWNER,
+                                        vram_mb=settings.jerry_lease_vram_mb, resident=True) as lease:
+                    state.lease = {"state": "held", "lease_id": lease.id}
+                    log.info("resident lease %s held with the queue gateway", lease.id)
                     delay = 2.0
-                    await asyncio.Event().wait()
+                    while not lease.lost:  # noqa: ASYNC110 - the client flips a plain flag, it offers no event
+                        await asyncio.sleep(LEASE_CHECK_SECONDS)
+                    log.warning("resident lease %s was lost (gateway restarted or reaped it); taking a new one", lease.id)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # gateway down, refused or lease lost: serve on, retry later

@@ -71,10 +71,31 @@ def start_server(settings: Settings, *, expect: int = 200) -> tuple[JerryServer,
 
 
 @pytest.fixture(scope="session")
-def jerry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JerryServer]:
-    # The queue gateway URL points at a closed port: the optional resident lease must never block serving.
-    dead_gateway = f"http://127.0.0.1:{free_port()}"
-    js, server, thread = start_server(jerry_settings(tmp_path_factory.mktemp("jerry"), queue_url=dead_gateway))
+def gateway(redis_server: object) -> Iterator[str]:
+    """The real queue gateway (own redis database) that jerry takes its permanent resident lease from."""
+    import redis
+    from gpuqueue.app import create_app as create_gateway
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"  # type: ignore[attr-defined]
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings(redis_url=url, gary_url="", queue_gpus="gpu0=24000", queue_lease_ttl_seconds=2.0,
+                        queue_reaper_interval_seconds=0.05, queue_position_interval_seconds=0.1, log_level="WARNING")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_gateway(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def jerry(tmp_path_factory: pytest.TempPathFactory, gateway: str) -> Iterator[JerryServer]:
+    js, server, thread = start_server(jerry_settings(tmp_path_factory.mktemp("jerry"), queue_url=gateway))
     yield js
     server.should_exit = True
     thread.join(30)

@@ -175,6 +175,15 @@ def test_info_routes(http: httpx.Client) -> None:
     assert "standard_saos" in status["cache_status"]["loaded_models"] and status["max_models"] == 2
 
 
-def test_queue_gateway_down_never_blocks(http: httpx.Client) -> None:
-    health = http.get("/health").json()
-    assert health["status"] == "healthy" and health["queue_lease"] in ("waiting", "retrying")
+async def test_resident_lease_held_with_the_gateway(jerry: JerryServer, gateway: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        for _ in range(100):
+            health = (await client.get(f"{jerry.url}/health")).json()
+            if health["queue_lease"] == "held":
+                break
+            await asyncio.sleep(0.1)
+        assert health["queue_lease"] == "held"
+        held = (await client.get(f"{gateway}/queue")).json()["leases"]
+    mine = [x for x in held if x["owner"] == "jerry:resident"]
+    assert len(mine) == 1 and mine[0]["resident"] and mine[0]["lane"] == "jerry"
+    assert mine[0]["vram_mb"] == jerry.settings.jerry_lease_vram_mb

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_unloadable_model_is_503_with_a_reason(tmp_path: Path) -> None:
-    settings = jerry_settings(tmp_path, demo_models=False)
+    # ...and with the queue gateway unreachable, which must not hold anything up either.
+    settings = jerry_settings(tmp_path, demo_models=False, queue_url=f"http://127.0.0.1:{free_port()}")
     (settings.local_models_dir / "stabilityai" / "stable-audio-open-small").mkdir(parents=True)  # no files in it
     js, server, thread = start_server(settings, expect=503)
     try:
@@ -26,6 +27,7 @@ def test_unloadable_model_is_503_with_a_reason(tmp_path: Path) -> None:
             health = http.get("/health")
             assert health.status_code == 503
             assert health.json()["status"] == "error" and "model_config.json" in health.json()["error"]
+            assert health.json()["queue_lease"] in ("waiting", "retrying")
             r = http.post("/generate", json={"prompt": "x"})
             assert r.status_code == 503 and "could not be loaded" in r.json()["error"]
             assert http.get("/model/info").status_code == 503
