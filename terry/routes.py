@@ -106,6 +106,8 @@ async def variations() -> VariationsResponse:
         },
         custom=f"send variation '{CUSTOM}' (or any name) with custom_prompt to use your own text",
         solvers={"euler": EULER_STEPS, "midpoint": MIDPOINT_STEPS},
+        flowstep="in (0, 1): how far the input is inverted toward noise before regenerating with the prompt; "
+        "LOWER = MORE change (near 0 discards the input), higher keeps more of it; default 0.12",
     )
 
 

@@ -123,3 +123,4 @@ class VariationsResponse(BaseModel):
     variations: dict[str, VariationInfo]
     custom: str = Field(description="How to use your own prompt")
     solvers: dict[str, int] = Field(description="Default steps per solver")
+    flowstep: str = Field(description="What flowstep means (the original README had the direction backwards)")

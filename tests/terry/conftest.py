@@ -47,6 +47,8 @@ def make_terry(request: pytest.FixtureRequest, redis_server: Any, tmp_path_facto
         return Terry(server, settings)
 
     yield make
+    for server in started:  # ask all to exit first, then wait: their graceful shutdowns overlap
+        server.server.should_exit = True
     for server in started:
         server.stop()
 

@@ -19,7 +19,7 @@ from garycommon.settings import Settings
 MODEL = "facebook/melodyflow-t24-30secs"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -30,7 +30,7 @@ class ThreadedServer:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.port = _free_port()
+        self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 timeout_graceful_shutdown=1)
         self.server = uvicorn.Server(config)
