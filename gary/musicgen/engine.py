@@ -92,7 +92,12 @@ class MusicGenEngine:
             from .reference import load_reference
 
             return load_reference(folder, self.settings, self.device)
-        return MusicGenModel.load(name, folder, self.device, self.dtype, self._t5_for)
+        model = MusicGenModel.load(name, folder, self.device, self.dtype, self._t5_for)
+        if self.device.type == "cuda":
+            from .fastpath import FastDecoder
+
+            model.fast = FastDecoder(model)
+        return model
 
     def _get(self, name: str) -> Any:
         with self._lock:

@@ -23,6 +23,7 @@ from .lm import CrossKV, LayerCache, MusicGenLM
 from .sampling import SamplingParams, sample
 
 Progress = Callable[[int, int], None]
+KV_BUCKET = 256  # attention reads the cache in slices of this many slots (see kv_bound)
 
 
 @dataclass
@@ -100,13 +101,13 @@ def emit(state: DecodeState, logits: torch.Tensor, keys: torch.Tensor, active: t
     state.seq.scatter_(2, idx, torch.where(forced, current, tokens.unsqueeze(-1)))
 
 
-def decode_step(lm: MusicGenLM, state: DecodeState, keys: torch.Tensor) -> None:
+def decode_step(lm: MusicGenLM, state: DecodeState, keys: torch.Tensor, kv_len: int | None = None) -> None:
     """Advance every row by one position; rows already at their end recompute their last step and keep its tokens."""
     active = state.pos < state.last
     state.pos.copy_(torch.minimum(state.pos + 1, state.last))
     idx = state.pos.view(-1, 1, 1).expand(-1, state.seq.shape[1], 1)
     tokens = state.seq.gather(2, idx).squeeze(-1)
-    logits = lm.step(_rows(tokens, state.double), _rows(state.pos, state.double), state.cache, state.cross)
+    logits = lm.step(_rows(tokens, state.double), _rows(state.pos, state.double), state.cache, state.cross, kv_len)
     emit(state, logits, keys, active)
 
 
@@ -137,16 +138,24 @@ def prepare(lm: MusicGenLM, jobs: list[Job], dtype: torch.dtype, keys: torch.Ten
     return state, steps, lengths
 
 
+def kv_bound(prompt_lens: list[int], lasts: list[int], step: int, s_max: int, bucket: int) -> int:
+    """Cache slots decode step `step` must attend: past the furthest row's position, rounded up to `bucket`.
+    Positions advance one per step (clamped at each row's end), so this is known without reading the GPU."""
+    furthest = max(min(p + step, e) for p, e in zip(prompt_lens, lasts, strict=True))
+    return min(s_max, -(-(furthest + 1) // bucket) * bucket)
+
+
 @torch.no_grad()
 def generate_eager(lm: MusicGenLM, jobs: list[Job], dtype: torch.dtype, keys: torch.Tensor,
                    progress: Progress | None = None) -> list[torch.Tensor]:
     """Reference decode loop (CPU, or GPU without graphs): returns codes [K, frames] per job."""
-    state, steps, _ = prepare(lm, jobs, dtype, keys)
+    state, steps, lengths = prepare(lm, jobs, dtype, keys)
     total = steps + 1
+    prompt_lens, lasts = [j.prompt.shape[-1] for j in jobs], [n - 2 for n in lengths]
     if progress is not None:
         progress(1, total)
-    for i in range(steps):
-        decode_step(lm, state, keys)
+    for n in range(1, steps + 1):
+        decode_step(lm, state, keys, kv_bound(prompt_lens, lasts, n, state.seq.shape[-1], KV_BUCKET))
         if progress is not None:
-            progress(i + 2, total)
+            progress(n + 1, total)
     return [revert_sequence(state.seq[b], list(lm.cfg.delays), j.frames) for b, j in enumerate(jobs)]

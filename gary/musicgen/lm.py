@@ -70,8 +70,9 @@ class Layer(nn.Module):
         h = self.linear1(x)
         return self.linear2(F.gelu(h) if self.gelu else F.relu(h))
 
-    def _self_attn(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None) -> torch.Tensor:
-        """Prefill (pos None: positions 0..T-1 of every row) or one decode step (pos [B]: each row's position)."""
+    def _self_attn(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None, kv_len: int) -> torch.Tensor:
+        """Prefill (pos None: positions 0..T-1 of every row) or one decode step (pos [B]: each row's position),
+        attending to the first `kv_len` cache slots (any bound above every row's position gives the same result)."""
         att = self.self_attn
         dim = x.shape[-1]
         qkv = att.project(x, slice(0, 3 * dim))
@@ -85,8 +86,8 @@ class Layer(nn.Module):
             idx = pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
             cache.k.scatter_(2, idx, k)
             cache.v.scatter_(2, idx, v)
-            visible = torch.arange(cache.k.shape[2], device=x.device).view(1, 1, 1, -1) <= pos.view(-1, 1, 1, 1)
-            out = F.scaled_dot_product_attention(q, cache.k, cache.v, attn_mask=visible)
+            visible = torch.arange(kv_len, device=x.device).view(1, 1, 1, -1) <= pos.view(-1, 1, 1, 1)
+            out = F.scaled_dot_product_attention(q, cache.k[:, :, :kv_len], cache.v[:, :, :kv_len], attn_mask=visible)
         return att.merge(out)
 
     def _cross(self, x: torch.Tensor, cross: CrossKV) -> torch.Tensor:
@@ -96,15 +97,16 @@ class Layer(nn.Module):
         out = F.scaled_dot_product_attention(q, cross.k, cross.v, attn_mask=cross.mask)
         return att.merge(out)
 
-    def forward(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None, cross: CrossKV | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None, cross: CrossKV | None,
+                kv_len: int = 0) -> torch.Tensor:
         if self.norm_first:
-            x = x + self._ls("layer_scale_1", self._self_attn(self.norm1(x), cache, pos))
+            x = x + self._ls("layer_scale_1", self._self_attn(self.norm1(x), cache, pos, kv_len))
             if cross is not None:
                 assert self.norm_cross is not None
                 x = x + self._ls("layer_scale_cross", self._cross(self.norm_cross(x), cross))
             return x + self._ls("layer_scale_2", self._ff(self.norm2(x)))
         src = x
-        x = self.norm1(x + self._ls("layer_scale_1", self._self_attn(x, cache, pos)))
+        x = self.norm1(x + self._ls("layer_scale_1", self._self_attn(x, cache, pos, kv_len)))
         if cross is not None:
             assert self.norm_cross is not None
             # audiocraft's post-norm branch queries the cross-attention with the layer input; kept for parity.
@@ -211,11 +213,13 @@ class MusicGenLM(nn.Module):
         return self._head(self.prefill(tokens, cache, cross))
 
     def step(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list[LayerCache],
-             cross: list[CrossKV] | None) -> torch.Tensor:
-        """One decode step: tokens [B, K] at positions pos [B] -> logits [B, K, card] for position pos+1."""
+             cross: list[CrossKV] | None, kv_len: int | None = None) -> torch.Tensor:
+        """One decode step: tokens [B, K] at positions pos [B] -> logits [B, K, card] for position pos+1.
+        `kv_len` (default: the whole cache) bounds the attended slots; it must exceed every row's position."""
+        kv = kv_len if kv_len is not None else cache[0].k.shape[2]
         x = self._embed(tokens.unsqueeze(-1), pos.view(-1, 1))
         for i, layer in enumerate(self.transformer.layers):
-            x = layer(x, cache[i], pos, cross[i] if cross is not None else None)
+            x = layer(x, cache[i], pos, cross[i] if cross is not None else None, kv)
         return self._head(x)[:, :, 0]
 
     def head_at(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

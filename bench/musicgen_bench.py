@@ -1,0 +1,249 @@
+"""MusicGen benchmark: our engine (CUDA graph fast path) vs audiocraft 1.3.0 `generate_continuation`, same GPU, same run.
+
+Workload (gary's): 6 s prompt -> 30 s total output, top_k 250, temperature 1, cfg_coef 3, one text description per
+clip, batch 1 / 4 / 8, random-init weights of the real musicgen small / medium / large sizes (configs in
+`gary.musicgen.demo.lm_xp_cfg` / `compression_xp_cfg`, written from audiocraft's Hydra configs). The LM weights are
+created once by audiocraft's builder and shared by both engines; T5 is a tiny 768-d stand-in for both (text encoding
+runs once per request and is not what is measured). audiocraft runs a short continuation (its per-step figure,
+extrapolated to the full 30 s); ours runs the full workload.
+
+Run on the GPU machine from the repo root:  python3 bench/musicgen_bench.py --out $OUT
+(.whl-musicgen/site* must be carried: pure-python deps copied from the venv + cp312 wheels for compiled ones.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = {"small": (1024, 16, 24), "medium": (1536, 24, 48), "large": (2048, 32, 48)}
+PROMPT_S, DURATION_S, SHORT_S = 6.0, 30.0, 7.0
+DESCRIPTION = "lofi hip hop beat with warm rhodes keys and dusty drums"
+# Optional audiocraft imports that MusicGen inference never calls (tokenisers, chroma, metrics, trackers, file I/O).
+OPTIONAL = ["spacy", "librosa", "av", "torchmetrics", "wandb"]
+
+
+def bootstrap() -> None:
+    """Import paths for a raw checkout: carried site folders, and `garycommon` from common/."""
+    for extra in (ROOT / ".whl-musicgen" / "site312", ROOT / ".whl-musicgen" / "site"):
+        if extra.is_dir():
+            sys.path.insert(0, str(extra))
+    sys.path.insert(0, str(ROOT))
+    if importlib.util.find_spec("garycommon") is None:
+        spec = importlib.util.spec_from_file_location("garycommon", ROOT / "common" / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / "common")])
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["garycommon"] = module
+        spec.loader.exec_module(module)
+    # transformers caches which optional packages exist: settle that before any stand-in is registered
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel, T5TokenizerFast  # noqa: F401
+
+    for name in OPTIONAL:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            stub = _Absent(name)
+            stub.__spec__ = importlib.machinery.ModuleSpec(name, None)  # find_spec() callers need one
+            sys.modules[name] = stub
+
+
+class _Absent(types.ModuleType):
+    """Stand-in for an optional dependency: any attribute is a dummy class; using it raises."""
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+
+        class Dummy:
+            def __init__(self, *a: Any, **k: Any) -> None:
+                raise RuntimeError(f"{self.__class__.__module__} is not installed")
+
+        Dummy.__module__ = self.__name__
+        return Dummy
+
+
+def build(size: str, t5_root: Path, settings: Any, device: Any) -> tuple[Any, Any]:
+    """audiocraft's MusicGen and ours, sharing one set of random fp16 LM weights."""
+    import torch
+    from garycommon.textenc import load_t5
+    from omegaconf import OmegaConf
+
+    from gary.musicgen.checkpoint import compression_config, lm_config
+    from gary.musicgen.conditioning import TextConditioner
+    from gary.musicgen.demo import compression_xp_cfg, lm_xp_cfg
+    from gary.musicgen.encodec import build_compression
+    from gary.musicgen.fastpath import FastDecoder
+    from gary.musicgen.lm import build_lm
+    from gary.musicgen.model import MusicGenModel
+    from gary.musicgen.reference import route_t5
+
+    route_t5(settings)
+    from audiocraft.models import builders
+    from audiocraft.models.musicgen import MusicGen
+
+    dim, heads, layers = SIZES[size]
+    lm_cfg = lm_xp_cfg(dim=dim, num_heads=heads, num_layers=layers)
+    comp_cfg = compression_xp_cfg(n_filters=64, dimension=128, lstm=2)
+    ac_lm_cfg = OmegaConf.create(lm_cfg)
+    ac_lm_cfg.device, ac_lm_cfg.dtype = "cuda", "float16"
+    torch.manual_seed(0)
+    ref_lm = builders.get_lm_model(ac_lm_cfg).eval()
+    ref_lm.cfg = ac_lm_cfg
+    ac_comp_cfg = OmegaConf.create(comp_cfg)
+    ac_comp_cfg.device = "cuda"
+    ref_codec = builders.get_compression_model(ac_comp_cfg).eval()
+    with torch.no_grad():
+        for layer in ref_codec.quantizer.vq.layers:  # kmeans-initialised codebooks start at zero: randomise
+            layer._codebook.embed.normal_()
+    ref = MusicGen(f"audiocraft-{size}", ref_codec, ref_lm)
+
+    parsed = lm_config(OmegaConf.to_container(ac_lm_cfg, resolve=True))
+    lm, cond_state = build_lm(parsed, dict(ref_lm.state_dict()))
+    codec = build_compression(compression_config(OmegaConf.to_container(ac_comp_cfg, resolve=True)),
+                              {k: v.float() for k, v in ref_codec.state_dict().items()},
+                              stereo_interleaved=False, n_q=None).to(device)
+    tokenizer, t5 = load_t5(str(t5_root / "t5-base"), settings, device, torch.float32)
+    text = TextConditioner(tokenizer, t5, cond_state, dim).to(device)
+    ours = MusicGenModel(f"ours-{size}", lm.to(device, torch.float16), codec, text, device, torch.float16)
+    ours.fast = FastDecoder(ours)
+    return ref, ours
+
+
+def run_ours(ours: Any, batch: int, duration: float, seed: int) -> dict[str, Any]:
+    import torch
+
+    from gary.musicgen.types import GenerationRequest
+
+    gen = torch.Generator().manual_seed(seed)
+    reqs = [GenerationRequest("bench", 0.1 * torch.randn(1, int(PROMPT_S * 32000), generator=gen), 32000,
+                              duration=duration, description=DESCRIPTION, seed=seed + i) for i in range(batch)]
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = ours.generate(reqs)
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    steps = int(duration * 50) + 3 - int(PROMPT_S * 50)
+    assert all(r.audio.shape == (1, int(duration * 50) * 640) and torch.isfinite(r.audio).all() for r in out)
+    return {"seconds": round(secs, 3), "steps": steps, "steps_per_s": round(steps / secs, 1),
+            "ms_per_step": round(1000 * secs / steps, 3), "realtime_factor": round(duration * batch / secs, 2),
+            "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+
+
+def run_audiocraft(ref: Any, batch: int, seed: int) -> dict[str, Any]:
+    """Short continuation (SHORT_S total); per-step time from its progress callback, extrapolated to 30 s."""
+    import torch
+
+    stamps: list[tuple[int, float]] = []
+    ref.set_generation_params(use_sampling=True, top_k=250, top_p=0.0, temperature=1.0, duration=SHORT_S,
+                              cfg_coef=3.0)
+    ref.set_custom_progress_callback(lambda step, total: stamps.append((step, time.perf_counter())))
+    gen = torch.Generator().manual_seed(seed)
+    prompt = 0.1 * torch.randn(batch, 1, int(PROMPT_S * 32000), generator=gen)
+    torch.manual_seed(seed)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        audio = ref.generate_continuation(prompt.cuda(), 32000, [DESCRIPTION] * batch, progress=True)
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - t0
+    (s0, t_a), (s1, t_b) = stamps[5], stamps[-1]
+    per_step = (t_b - t_a) / (s1 - s0)
+    short_steps = int(SHORT_S * 50) + 3 - int(PROMPT_S * 50)
+    full_steps = int(DURATION_S * 50) + 3 - int(PROMPT_S * 50)
+    full = secs + (full_steps - short_steps) * per_step
+    assert audio.shape == (batch, 1, int(SHORT_S * 50) * 640)
+    return {"short_run_seconds": round(secs, 3), "short_run_steps": short_steps, "ms_per_step": round(1000 * per_step, 2),
+            "steps_per_s": round(1 / per_step, 1), "seconds_30s_estimated": round(full, 1),
+            "realtime_factor_estimated": round(DURATION_S * batch / full, 3),
+            "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
+
+
+def check_fast_equals_eager(t5_root: Path, settings: Any, device: Any) -> dict[str, Any]:
+    """Tiny fp32 model on the GPU: the graph-replayed decode must give the eager loop's tokens exactly."""
+    import torch
+    from garycommon.textenc import load_t5
+
+    from gary.musicgen.demo import write_demo_checkpoint
+    from gary.musicgen.fastpath import FastDecoder
+    from gary.musicgen.generate import generate_eager
+    from gary.musicgen.model import MusicGenModel
+    from gary.musicgen.types import GenerationRequest
+
+    folder = write_demo_checkpoint(t5_root / "check", size="large", seed=1)
+    model = MusicGenModel.load("check", folder, device, torch.float32,
+                               lambda name: load_t5(str(t5_root / name), settings, device, torch.float32))
+    reqs = [GenerationRequest("check", 0.1 * torch.randn(1, 32000 * p), 32000, duration=d, description=desc, seed=s)
+            for p, d, desc, s in ((2, 12.0, "warm keys", 1), (1, 8.0, None, 2), (3, 12.0, "a longer text here", 3))]
+    jobs = [model.to_job(r)[0] for r in reqs]
+    eager = generate_eager(model.lm, jobs, torch.float32, model.keys)
+    seen: list[int] = []
+    fast = FastDecoder(model).generate(jobs, lambda step, total: seen.append(step))
+    same = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(eager, fast, strict=True))
+    return {"fast_equals_eager": same, "progress_reports": len(seen), "last_progress": seen[-1] if seen else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES))
+    parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
+    parser.add_argument("--ref-batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--budget-s", type=float, default=420.0, help="skip remaining audiocraft runs after this")
+    args = parser.parse_args()
+    bootstrap()
+    import torch
+    from garycommon.settings import Settings
+    from garycommon.textenc import write_tiny_t5
+
+    started = time.perf_counter()
+    device = torch.device("cuda")
+    work = Path("/tmp/musicgen-bench")
+    write_tiny_t5(work / "t5-base")
+    settings = Settings(local_models_dir=work, device="cuda")
+    results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                               "workload": {"prompt_s": PROMPT_S, "duration_s": DURATION_S, "top_k": 250,
+                                            "cfg_coef": 3.0, "description": True},
+                               "check": check_fast_equals_eager(work, settings, device), "sizes": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        (args.out / "musicgen.json").write_text(json.dumps(results, indent=2))
+
+    save()
+    print(json.dumps(results["check"]), flush=True)
+    for size in args.sizes:
+        ref, ours = build(size, work, settings, device)
+        entry: dict[str, Any] = {"ours": {}, "audiocraft": {}}
+        results["sizes"][size] = entry
+        run_ours(ours, 1, SHORT_S, seed=99)  # warm-up: cuBLAS/cuDNN handles, allocator
+        for b in args.batches:
+            entry["ours"][f"batch{b}"] = run_ours(ours, b, DURATION_S, seed=b)
+            print(size, "ours", b, entry["ours"][f"batch{b}"], flush=True)
+            save()
+        for b in args.ref_batches:
+            if time.perf_counter() - started > args.budget_s:
+                entry["audiocraft"][f"batch{b}"] = "skipped (time budget)"
+                continue
+            entry["audiocraft"][f"batch{b}"] = run_audiocraft(ref, b, seed=b)
+            print(size, "audiocraft", b, entry["audiocraft"][f"batch{b}"], flush=True)
+            save()
+        del ref, ours
+        torch.cuda.empty_cache()
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    save()
+
+
+if __name__ == "__main__":
+    main()
