@@ -13,6 +13,8 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -32,6 +34,7 @@ from .throttle import ProgressThrottle
 from .transform import TerryClient
 
 log = logging.getLogger(__name__)
+PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 INPUT_SLOT = {
     "process_audio": "initial_audio",
@@ -106,7 +109,7 @@ class JobRunner:
         sid = job.session_id
         heartbeat: asyncio.Task[None] | None = None
         try:
-            await self.jobs.update(job, state="warming", heartbeat_at=time.time())
+            await self.jobs.update(job, state="warming", heartbeat_at=time.time(), ran_on=PROCESS_ID)
             await self.status.set_status(sid, "warming", job_id=job.job_id)
             await self.status.set_queue_status(sid, self._warming_status(job))
             await self._report(job.lane, sid, "processing", fencing_token=job.fencing_token)

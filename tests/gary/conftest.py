@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from gary_helpers import ThreadedServer
 from garycommon.settings import Settings
 
 OUTPUT_SECONDS = 2.0  # short generations keep the suite fast on CPU
+LEASE_TTL = 2.0  # the test gateway's lease TTL: a job longer than this lives only through heartbeats
 
 
 @pytest.fixture(scope="session")
@@ -104,6 +106,21 @@ def terry_url(redis_server: Any, gary_models: Path, transfer_dir: Path) -> Itera
         pytest.fail(f"terry is not importable: {exc}")
     settings = Settings(redis_url=redis_server.url, queue_url="", transfer_dir=transfer_dir,
                         local_models_dir=gary_models, device="cpu", log_level="WARNING")
+    server = ThreadedServer(create_app(settings)).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(redis_server: Any) -> Iterator[str]:
+    """The real queue gateway (gpuqueue) with one generation and one transform slot, fast reaper and callbacks."""
+    from gpuqueue.app import create_app
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/5"  # the gateway's own database
+    redis.Redis.from_url(url).flushdb()
+    settings = Settings(redis_url=url, gary_url="", queue_gpus="gpu0=80000", queue_lane_caps="generation=1,transform=1",
+                        queue_lease_ttl_seconds=LEASE_TTL, queue_reaper_interval_seconds=0.05,
+                        queue_position_interval_seconds=0.1, queue_callback_backoff_seconds=0.1, log_level="WARNING")
     server = ThreadedServer(create_app(settings)).start()
     yield server.url
     server.stop()

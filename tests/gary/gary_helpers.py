@@ -25,6 +25,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_listening(port: int, proc: Any, within: float = 90.0) -> None:
+    """Until a child process listens on `port` (fails at once if it exits)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {port} after {within}s")
+
+
 class ThreadedServer:
     """uvicorn on a background thread with its own loop, configured like `run_uvicorn` (64 MiB websocket cap)."""
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis.asyncio as aioredis
 from conftest import OUTPUT_SECONDS, Gary
 from gary_helpers import MODEL, Recorder, decode_b64_wav, recorder, wav_b64, wav_bytes
 
@@ -162,6 +163,19 @@ async def _flow(gary: Gary, rec: Recorder) -> None:
     assert (await rec.wait("cleanup_complete", after=mark))["session_id"] == rid
 
     await _reconnect_mid_generation(gary, rec, sid)
+    await _every_key_expires(gary)
+
+
+async def _every_key_expires(gary: Gary) -> None:
+    """Everything gary (and terry) wrote to Redis during the flow carries a TTL (the original's busy flags had none)."""
+    client = aioredis.Redis.from_url(gary.settings.redis_url)
+    try:
+        keys = [key async for key in client.scan_iter()]
+        assert any(k.startswith(b"gary:job:") for k in keys) and any(k.startswith(b"status:") for k in keys)
+        without = [k for k in keys if await client.ttl(k) == -1]
+        assert not without, f"keys without TTL: {without}"
+    finally:
+        await client.aclose()
 
 
 async def _reconnect_mid_generation(gary: Gary, rec: Recorder, sid: str) -> None:

@@ -8,32 +8,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import redis
-from conftest import Gary
-from gary_helpers import MODEL, ThreadedServer, recorder, wav_b64
+from conftest import LEASE_TTL, Gary
+from gary_helpers import MODEL, recorder, wav_b64
 from garycommon.queueclient import QueueClient
-from garycommon.settings import Settings
-
-LEASE_TTL = 2.0
-
-
-@pytest.fixture(scope="module")
-def gateway(redis_server: Any) -> Iterator[str]:
-    from gpuqueue.app import create_app
-
-    url = redis_server.url.rsplit("/", 1)[0] + "/5"  # the gateway's own database
-    redis.Redis.from_url(url).flushdb()
-    settings = Settings(redis_url=url, gary_url="", queue_gpus="gpu0=80000", queue_lane_caps="generation=1,transform=1",
-                        queue_lease_ttl_seconds=LEASE_TTL, queue_reaper_interval_seconds=0.05,
-                        queue_position_interval_seconds=0.1, queue_callback_backoff_seconds=0.1, log_level="WARNING")
-    server = ThreadedServer(create_app(settings)).start()
-    yield server.url
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,133 @@
+"""gary's pure pieces: the string-payload parser (§8.10), request validation, queue_status wording, the audio math of
+§3 (first/last prompt seconds, output lengths, channels — §8.2) and the Redis-sorted-set progress throttle (§8.7)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+import torch
+from garycommon import rediskeys
+from garycommon.audio import Audio
+from garycommon.errors import GaryError
+from garycommon.settings import Settings
+
+from gary import catalog, pipeline
+from gary.notifications import error_payload, queue_status_payload
+from gary.payloads import MAX_AUDIO_TEXT, ContinueRequest, ProcessAudioRequest, TransformRequest, parse_payload, validate
+from gary.throttle import ProgressThrottle
+
+
+def test_string_payloads_parse_without_losing_escaped_quotes() -> None:
+    body = {"session_id": "abc", "description": 'say "hi" \\ now', "top_k": 100}
+    plain = json.dumps(body)
+    assert parse_payload(plain) == body
+    swift = plain.replace("\\", "\\\\").replace('"', '\\"')  # one more level of escaping, as Swift clients send
+    assert parse_payload(swift) == body
+    assert parse_payload(json.dumps(plain)) == body  # JSON of a JSON string
+    assert parse_payload({"model_name": " thepatch/x\\ ", "session_id": "\\abc "}) == {
+        "model_name": "thepatch/x", "session_id": "abc"}
+    for bad in ('{"a": ', "[1,2]", "42", "", 17, None, ["a"]):
+        with pytest.raises(GaryError) as err:
+            parse_payload(bad)
+        assert err.value.message.startswith("Invalid JSON format")
+
+
+def test_validation_messages_and_limits() -> None:
+    with pytest.raises(GaryError) as err:
+        validate(ProcessAudioRequest, {"audio_data": "x", "prompt_duration": 0})
+    assert err.value.code == "VALIDATION_ERROR"
+    assert "Missing required field: model_name" in err.value.message and "prompt_duration" in err.value.message
+    with pytest.raises(GaryError) as err:
+        validate(ProcessAudioRequest, {"audio_data": "A" * (MAX_AUDIO_TEXT + 1), "model_name": "a/b",
+                                       "prompt_duration": 6})
+    assert err.value.code == "DATA_TOO_LARGE" and err.value.http_status == 413
+    req = validate(ContinueRequest, {"session_id": "", "audio_data": "", "seed": -1, "extra": "ignored"})
+    assert req.session_id is None and req.audio_data is None and req.seed == -1
+    assert validate(TransformRequest, {"variation": "celtic", "solver": " MIDPOINT "}).solver == "midpoint"
+    assert validate(ProcessAudioRequest, {"audio_data": "x", "model_name": "a/b", "prompt_duration": "6"}
+                    ).prompt_duration == 6
+
+
+def test_model_allow_list() -> None:
+    settings = Settings(model_allow_owners=["thepatch"])
+    assert catalog.check_model("thepatch/anything-new", settings)
+    assert catalog.check_model("thepatch/hoenn_lofi", Settings(model_allow_owners=[]))  # the catalogue always is
+    for bad in ("facebook/musicgen-small", "../x/y", "x", "a/b/c"):
+        with pytest.raises(GaryError) as err:
+            catalog.check_model(bad, settings)
+        assert err.value.code == "MODEL_NOT_ALLOWED"
+    assert catalog.default_description("thepatch/gary_orchestra_2") == "violin, epic, film, piano, strings, orchestra"
+    assert catalog.default_description("thepatch/hoenn_lofi") is None
+
+
+def test_queue_status_payload_always_has_the_fields_gary4live_reads() -> None:
+    bare = queue_status_payload("s", "mystery", None)
+    assert bare == {"message": "Request received, determining queue status...", "position": 0, "total_queued": 0,
+                    "estimated_time": "about 30 seconds", "estimated_seconds": 30.0, "status": "mystery",
+                    "session_id": "s", "notification_id": None, "priority": True}
+    queued = queue_status_payload("s", "queued", {"queued_tasks": 2, "active_tasks": 1, "estimated_wait_seconds": 75})
+    assert queued["position"] == 2 and queued["total_queued"] == 3
+    assert queued["estimated_time"] == "about 1 minute and 15 seconds"
+    assert queued["message"] == ("Task queued successfully. You are number 2 in the queue. "
+                                 "Estimated wait time: about 1 minute and 15 seconds.")
+    assert queue_status_payload("s", "warming", {})["message"].startswith("Downloading model from Hugging Face")
+    assert queue_status_payload("s", "queued", {"queued_tasks": 5, "position": 4})["position"] == 4
+    assert error_payload("boom", None) == {"message": "boom"}
+
+
+def _audio(seconds: float, sr: int = 1000, channels: int = 2) -> Audio:
+    t = torch.arange(int(seconds * sr), dtype=torch.float32)
+    rows = [t / 1e4, -t / 1e4][:channels]
+    return Audio(torch.stack(rows), sr)
+
+
+def test_bang_prompts_with_the_first_seconds_and_continue_with_the_last() -> None:
+    audio = _audio(5.0)
+    first = pipeline.take_prompt(audio, 2, from_end=False)
+    last = pipeline.take_prompt(audio, 2, from_end=True)
+    assert first.shape == last.shape == (2, 2000)
+    assert torch.equal(first, audio.waveform[:, :2000]) and torch.equal(last, audio.waveform[:, -2000:])
+    # stereo stays two channels (the engine averages them for mono models; never L-then-R concatenation)
+    assert torch.equal(first[1], -first[0])
+    short = _audio(0.5)
+    assert pipeline.take_prompt(short, 6, from_end=True).shape == (2, 500)  # shorter than the prompt: all of it
+    assert pipeline.take_prompt(_audio(1.0, channels=1), 1, from_end=False).shape == (1, 1000)
+
+
+def test_output_lengths_rates_and_channels() -> None:
+    audio = _audio(5.0, sr=1000)
+    generated = torch.full((1, 64000), 2.0)  # 2 s of mono at 32 kHz, too loud
+    fitted = pipeline.fit_output(generated, 32000, audio)
+    assert fitted.shape == (2, 2000) and fitted.abs().max() <= 1.0 + 1e-6  # input's rate and channels, no clipping
+    joined = pipeline.continuation(audio, fitted, 2)
+    assert joined.shape == (2, 3000 + 2000)  # input minus the prompt tail ++ generation
+    assert torch.equal(joined[:, :3000], audio.waveform[:, :3000])  # the client's audio stays bit-exact
+    mono = _audio(1.0, channels=1)
+    assert pipeline.fit_output(torch.zeros(2, 32000), 32000, mono).shape == (1, 1000)
+
+
+async def test_progress_throttle_uses_a_sorted_set(redis_url: str) -> None:
+    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        throttle = ProgressThrottle(redis, interval=0.2, busy_interval=0.6)
+        await throttle.mark_active("a")
+        assert await throttle.allow("a") is True
+        assert await throttle.allow("a") is False  # < interval
+        await asyncio.sleep(0.25)
+        assert await throttle.allow("a") is True  # one generation: every interval
+        await throttle.mark_active("b")
+        assert await throttle.active_count() == 2
+        await asyncio.sleep(0.25)
+        assert await throttle.allow("a") is False  # two generations: every busy_interval
+        await asyncio.sleep(0.4)
+        assert await throttle.allow("a") is True
+        await redis.zadd(rediskeys.active_generations(), {"ghost": 1.0})  # a dead process's entry is not counted
+        assert await throttle.active_count() == 2
+        await throttle.mark_done("b")
+        assert await throttle.active_count() == 1
+        assert 0 < await redis.ttl(rediskeys.active_generations()) <= rediskeys.ACTIVE_GENERATIONS_TTL
+    finally:
+        await redis.aclose()
