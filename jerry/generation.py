@@ -23,6 +23,7 @@ from .loops import guidance_mask
 from .models import ModelEntry, ModelRegistry
 from .prompting import shape_for_loop_type
 from .riffs import RiffLibrary
+from .sao import SAORequest
 from .schemas import GenerateRequest, LoopGuidedRequest, LoopRequest, RiffRequest, StyleTransferRequest
 from .wav import decode_upload, fit_window, render_wav
 
@@ -61,8 +62,7 @@ class Generator:
         )
 
     async def _run(self, entry: ModelEntry, **fields: Any) -> tuple[torch.Tensor, float]:
-        from .sao import SAORequest
-
+        """Queue one request for the GPU worker; returns the audio and the seconds it took (queueing included)."""
         started = time.perf_counter()
         result = await self.batcher.submit(entry.engine, SAORequest(**fields))
         return result.audio, time.perf_counter() - started
@@ -73,7 +73,7 @@ class Generator:
             "generation_time": round(generation_time, 2),
             "device": self.registry.device.type,
             "model": entry.source,
-            "demo": self.registry.demo,
+            "demo": bool(entry.engine.demo),
         }
         if self.registry.device.type == "cuda":
             meta["gpu_memory_used"] = round(torch.cuda.memory_allocated() / 1e9, 2)

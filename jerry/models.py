@@ -23,10 +23,13 @@ from garycommon.hub import check_allowed, local_dir_for, resolve_model_dir
 from garycommon.settings import Settings
 
 from .batcher import Batcher
+from .sao import SAOEngine
 
 log = logging.getLogger(__name__)
 
 STANDARD_KEY = "standard_saos"
+RETRY_FIRST_SECONDS = 15.0
+RETRY_MAX_SECONDS = 300.0
 EMPTY_PROMPTS: dict[str, Any] = {"version": 1, "dice": {"generic": [], "drums": [], "instrumental": []}}
 _CHECKPOINT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,200}\.(ckpt|safetensors|pt|pth|bin)$")
 
@@ -84,25 +87,29 @@ class ModelRegistry:
 
     # -- standard model ---------------------------------------------------------------------------------------------
     async def load_standard(self) -> None:
-        """Load + warm up the standard model on the worker thread; failures are kept for /health and 503s."""
-        self.state = "loading"
-        started = time.perf_counter()
-        try:
-            engine = await self.batcher.call(lambda: self._load_and_warm(self.settings.jerry_model))
-        except Exception as exc:  # any failure is reported, the server keeps serving info routes
-            self.state, self.error = "error", str(exc)
-            log.error("standard model %s failed to load: %s", self.settings.jerry_model, exc)
-            return
+        """Load + warm up the standard model on the worker thread. A failure (no token yet, hub unreachable, disk
+        full) is reported by /health and as 503s, and retried with back-off so a fixed cause heals without a restart."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            self.state = "loading"
+            started = time.perf_counter()
+            try:
+                engine = await self.batcher.call(lambda: self._load_and_warm(self.settings.jerry_model))
+                break
+            except Exception as exc:  # any failure is reported; the server keeps serving info routes
+                self.state, self.error = "error", str(exc)
+                log.error("standard model %s failed to load: %s (retrying in %.0f s)", self.settings.jerry_model, exc,
+                          delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
         self._entries[STANDARD_KEY] = ModelEntry(STANDARD_KEY, "standard", self.settings.jerry_model, None, engine)
         self.active_key = self.active_key or STANDARD_KEY
         self.state, self.error = "ready", None
-        self.demo = bool(getattr(engine, "demo", self.demo))
+        self.demo = bool(engine.demo)
         log.info("standard model %s ready on %s in %.1f s%s", self.settings.jerry_model, self.device,
                  time.perf_counter() - started, " (DEMO: tiny random weights)" if self.demo else "")
 
     def _load_and_warm(self, name: str) -> Any:
-        from .sao import SAOEngine
-
         engine = SAOEngine.load(name, self.settings, self.device, max_batch=self.settings.jerry_max_batch)
         engine.warmup()
         return engine
@@ -143,8 +150,6 @@ class ModelRegistry:
                             "finetune_checkpoint must be a file name ending in .ckpt, .safetensors, .pt, .pth or .bin")
 
     async def _load_finetune(self, key: str, repo: str, checkpoint: str) -> ModelEntry:
-        from .sao import SAOEngine
-
         def load() -> Any:
             engine = SAOEngine.load(repo, self.settings, self.device, checkpoint=checkpoint, base=self.settings.jerry_model,
                                     client_named=True, max_batch=self.settings.jerry_max_batch)

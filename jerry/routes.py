@@ -130,7 +130,11 @@ def body_doc(model: type[BaseModel], *, json_body: bool = True, form: bool = Tru
     schema = model.model_json_schema()
     content: dict[str, Any] = {}
     if json_body:
-        content[JSON] = {"schema": schema}
+        json_schema = schema
+        if files:
+            audio_b64 = {"type": "string", "title": "audio_base64", "description": "base64 of an audio file (any format)"}
+            json_schema = {**schema, "properties": {**schema.get("properties", {}), "audio_base64": audio_b64}}
+        content[JSON] = {"schema": json_schema}
     if form:
         props = dict(schema.get("properties", {}))
         for name, _required in (files or {}).items():
@@ -208,7 +212,7 @@ async def health(request: Request) -> JSONResponse:
     if reg.state == "error":
         body.update(status="error", model_loaded=False, error=reg.error)
     else:
-        body.update(status="loading", model_loaded=False)
+        body.update(status="loading", model_loaded=False, **({"last_error": reg.error} if reg.error else {}))
     return JSONResponse(body, status_code=503)
 
 

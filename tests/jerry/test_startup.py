@@ -14,27 +14,42 @@ import httpx
 import pytest
 from conftest import JerryServer, free_port, jerry_settings, start_server
 
+import jerry.models as jerry_models
+from jerry.sao.demo import write_demo_checkpoint
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_unloadable_model_is_503_with_a_reason(tmp_path: Path) -> None:
+def test_unloadable_model_is_503_with_a_reason_and_heals(tmp_path: Path, jerry: JerryServer,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jerry_models, "RETRY_FIRST_SECONDS", 0.3)
     # ...and with the queue gateway unreachable, which must not hold anything up either.
     settings = jerry_settings(tmp_path, demo_models=False, queue_url=f"http://127.0.0.1:{free_port()}")
-    (settings.local_models_dir / "stabilityai" / "stable-audio-open-small").mkdir(parents=True)  # no files in it
+    folder = settings.local_models_dir / "stabilityai" / "stable-audio-open-small"
+    folder.mkdir(parents=True)  # no files in it yet
+    (settings.local_models_dir / "t5-base").symlink_to(jerry.settings.local_models_dir / "t5-base")
     js, server, thread = start_server(settings, expect=503)
     try:
         with httpx.Client(base_url=js.url, timeout=30) as http:
             health = http.get("/health")
             assert health.status_code == 503
-            assert health.json()["status"] == "error" and "model_config.json" in health.json()["error"]
+            assert health.json()["status"] in ("error", "loading")
+            assert "model_config.json" in (health.json().get("error") or health.json()["last_error"])
             assert health.json()["queue_lease"] in ("waiting", "retrying")
             r = http.post("/generate", json={"prompt": "x"})
-            assert r.status_code == 503 and "could not be loaded" in r.json()["error"]
+            assert r.status_code == 503 and "model" in r.json()["error"]
             assert http.get("/model/info").status_code == 503
             assert http.post("/generate", json={}).status_code == 400
             assert http.post("/generate/loop", data={"prompt": "no tempo"}).status_code == 400
             assert http.get("/riffs/available").json()["available_keys"] == []
             assert http.get("/docs").status_code == 200
+
+            write_demo_checkpoint(folder)  # the operator fixes the cause: the retry loads it, no restart
+            deadline = time.monotonic() + 60
+            while http.get("/health").status_code != 200:
+                assert time.monotonic() < deadline, http.get("/health").json()
+                time.sleep(0.2)
+            assert http.post("/generate", json={"prompt": "x", "steps": 1, "seconds_total": 1}).status_code == 200
     finally:
         server.should_exit = True
         thread.join(30)
