@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
+import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from garycommon.audio import Audio
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import check_api_key
 
 from . import audio_io
-from .presets import CUSTOM, EULER_STEPS, MIDPOINT_STEPS, PRESETS, resolve_prompt
+from .presets import CUSTOM, DEFAULT_FLOWSTEP, EULER_STEPS, MIDPOINT_STEPS, PRESETS, resolve_prompt
 from .progress import TransformProgress
 from .runner import TransformJob
-from .schemas import VariationInfo, VariationsResponse, parse_transform
+from .schemas import TransformRequest, VariationInfo, VariationsResponse, parse_transform
 from .service import TerryService
 
 router = APIRouter()
@@ -28,28 +31,26 @@ def _service(request: Request) -> TerryService:
 
 @router.post("/transform")
 async def transform(request: Request) -> dict[str, Any]:
-    """The original's synchronous transform: JSON in, base64 WAV out (see audio_io for the output format)."""
+    """The original's synchronous transform: JSON in, base64 WAV out (see audio_io for the output format).
+
+    Parsing, decoding, resampling and encoding run on worker threads (never the event loop, never the model thread,
+    so they neither stall /health nor queue behind the next transform)."""
     svc = _service(request)
     check_api_key(request, svc.settings.api_keys)
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GaryError(ErrorCode.BAD_REQUEST, f"request body must be JSON: {exc}") from exc
-    req = parse_transform(body)
+    raw = await _read_body(request, _body_limit(svc.settings.max_audio_bytes))
+    req = parse_transform(await asyncio.to_thread(_parse_json, raw))
+    del raw
     prompt, preset = resolve_prompt(req.variation, req.custom_prompt)
     solver = req.solver or "euler"
-    flowstep = req.flowstep if req.flowstep is not None else (preset.flowstep if preset else 0.12)
+    flowstep = req.flowstep if req.flowstep is not None else (preset.flowstep if preset else DEFAULT_FLOWSTEP)
     steps = req.steps or (MIDPOINT_STEPS if solver == "midpoint" else (preset.steps if preset else EULER_STEPS))
     session_id = req.resolved_session_id()
 
-    audio = audio_io.load_input(req.audio_file_path, req.audio, svc.settings, svc.settings.terry_max_input_seconds)
-    frame = audio_io.framing(
-        audio, svc.engine_rate, legacy=svc.settings.terry_legacy_32k, output_sample_rate=req.output_sample_rate
-    )
+    audio, frame, model_in = await asyncio.to_thread(_prepare_input, req, svc)
     job = TransformJob(
         session_id=session_id,
         prompt=prompt,
-        audio=audio_io.to_model(audio, frame),
+        audio=model_in,
         rate=frame.model_rate,
         seconds=audio.duration,
         flowstep=flowstep,
@@ -63,8 +64,7 @@ async def transform(request: Request) -> dict[str, Any]:
     started = time.monotonic()
     await progress.start()
     outcome = await svc.runner.run(job, progress)
-    wav = await svc.host.call(audio_io.from_model, outcome.audio, outcome.sample_rate, frame)
-    encoded = await svc.host.call(audio_io.wav_b64, wav, frame.out_rate)
+    encoded = await asyncio.to_thread(_encode_output, outcome.audio, outcome.sample_rate, frame)
     return {
         "audio": encoded,
         "message": SUCCESS_MESSAGE,
@@ -96,6 +96,49 @@ async def transform(request: Request) -> dict[str, Any]:
             "total_seconds": round(time.monotonic() - started, 3),
         },
     }
+
+
+def _body_limit(max_audio_bytes: int) -> int:
+    """Base64 of the largest accepted audio plus room for the JSON around it."""
+    return max_audio_bytes * 4 // 3 + 1024 * 1024
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing more than `limit` bytes before buffering them (a 2 GB post costs nothing)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GaryError:
+    return GaryError(ErrorCode.DATA_TOO_LARGE, f"request body is larger than {limit // (1024 * 1024)} MiB")
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GaryError(ErrorCode.BAD_REQUEST, f"request body must be JSON: {exc}") from exc
+
+
+def _prepare_input(req: TransformRequest, svc: TerryService) -> tuple[Audio, audio_io.Framing, torch.Tensor]:
+    settings = svc.settings
+    audio = audio_io.load_input(req.audio_file_path, req.audio, settings, settings.terry_max_input_seconds)
+    frame = audio_io.framing(audio, svc.engine_rate, legacy=settings.terry_legacy_32k,
+                             output_sample_rate=req.output_sample_rate)
+    return audio, frame, audio_io.to_model(audio, frame)
+
+
+def _encode_output(wav: torch.Tensor, rate: int, frame: audio_io.Framing) -> str:
+    return audio_io.wav_b64(audio_io.from_model(wav, rate, frame), frame.out_rate)
 
 
 @router.get("/variations", response_model=VariationsResponse)

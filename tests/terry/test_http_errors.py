@@ -93,3 +93,12 @@ def test_api_keys_guard_transform_only(make_terry: Callable[..., Terry]) -> None
     assert _post(t, body).status_code == 401
     assert _post(t, body, headers={"X-API-Key": "k2"}).status_code == 400  # past the key check, then validated
     assert httpx.get(f"{t.url}/variations", timeout=10).status_code == 200
+
+
+def test_oversized_bodies_and_audio_are_413(make_terry: Callable[..., Terry]) -> None:
+    t = make_terry(models=False, max_audio_bytes=64 * 1024)
+    big = {"session_id": SID, "variation": "celtic", "audio": "A" * (2 * 1024 * 1024)}
+    resp = _post(t, big)
+    assert resp.status_code == 413 and resp.json()["code"] == "DATA_TOO_LARGE"
+    resp = _post(t, {"session_id": SID, "variation": "celtic", "audio": wav_b64(1.0, 44100)})  # ~350 KB decoded
+    assert resp.status_code == 413 and "larger than" in resp.json()["error"]
