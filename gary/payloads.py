@@ -33,7 +33,14 @@ SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 OptSessionId = Annotated[SessionId | None, BeforeValidator(_blank_to_none)]
 ModelName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=200)]
 AudioText = Annotated[str, StringConstraints(min_length=1)]
-PromptDuration = Annotated[int, Field(ge=1, le=29)]
+def _truncate_float(value: object) -> object:
+    """The original (pydantic 1) truncated `7.5` to `7`; clients built against it may send fractional durations."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    return int(value) if isinstance(value, float) and value == value and abs(value) != float("inf") else value
+
+
+PromptDuration = Annotated[int, BeforeValidator(_truncate_float), Field(ge=1, le=29)]
 Text = Annotated[str | None, Field(max_length=MAX_TEXT)]
 
 

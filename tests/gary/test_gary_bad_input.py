@@ -223,6 +223,16 @@ async def test_string_payloads(gary: Gary, rec: Recorder) -> None:
         await rec.wait("continue_music_received", after=mark)
         job = gary.call(gary.ctx.jobs.current(sid))
         assert job.params["description"] == desc
+        # while it runs, the session refuses more work — told to THIS connection, not only to the room
+        other = await recorder(gary.url)
+        try:
+            for event, body in (("continue_music_request", {"session_id": sid}),
+                                ("retry_music_request", {"session_id": sid}),
+                                ("transform_audio_request", {"session_id": sid, "variation": "celtic"}),
+                                ("undo_transform_request", {"session_id": sid})):
+                await expect_error(other, event, body, "Generation already in progress", "IN_PROGRESS")
+        finally:
+            await other.close()
     finally:
         release.set()
     await rec.wait("music_continued", after=mark)

@@ -47,8 +47,12 @@ def test_validation_messages_and_limits() -> None:
     req = validate(ContinueRequest, {"session_id": "", "audio_data": "", "seed": -1, "extra": "ignored"})
     assert req.session_id is None and req.audio_data is None and req.seed == -1
     assert validate(TransformRequest, {"variation": "celtic", "solver": " MIDPOINT "}).solver == "midpoint"
-    assert validate(ProcessAudioRequest, {"audio_data": "x", "model_name": "a/b", "prompt_duration": "6"}
-                    ).prompt_duration == 6
+    for given in ("6", 6, 6.0, 6.9):  # fractional seconds truncate, as the original's pydantic 1 model did
+        assert validate(ProcessAudioRequest, {"audio_data": "x", "model_name": "a/b", "prompt_duration": given}
+                        ).prompt_duration == 6
+    for bad in (0.5, float("nan"), float("inf"), True, "6.5", 30):
+        with pytest.raises(GaryError):
+            validate(ProcessAudioRequest, {"audio_data": "x", "model_name": "a/b", "prompt_duration": bad})
 
 
 def test_model_allow_list() -> None:
