@@ -3,8 +3,10 @@ become PCM16 WAV files (peak-normalised with an epsilon, so silence stays silenc
 
 from __future__ import annotations
 
+import struct
+
 import torch
-from garycommon.audio import decode_audio_bytes, encode_wav, peak_normalize, resample, to_stereo
+from garycommon.audio import decode_audio_bytes, peak_normalize, resample, to_stereo
 from garycommon.errors import AudioError, ErrorCode
 
 
@@ -26,6 +28,21 @@ def decode_upload(raw: bytes, *, sample_rate: int, window_samples: int, max_byte
     return fit_window(resample(wav, audio.sample_rate, sample_rate), window_samples)
 
 
+def pcm16_wav(wav: torch.Tensor, sample_rate: int) -> bytes:
+    """[C, T] float in [-1, 1] -> a canonical 44-byte-header PCM16 WAV file.
+
+    Written directly (round(x * 32767), interleaved little-endian) because it is ~4x faster than going through
+    libsndfile, which matters next to a ~30 ms generation; `tests/jerry` checks it against `encode_wav`.
+    """
+    channels, frames = int(wav.shape[0]), int(wav.shape[-1])
+    pcm = wav.clamp(-1.0, 1.0).mul(32767.0).round_().to(torch.int16).t().contiguous().numpy()
+    data = pcm.astype("<i2", copy=False).tobytes()
+    header = struct.pack("<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + len(data), b"WAVE", b"fmt ", 16, 1, channels, sample_rate,
+                         sample_rate * channels * 2, channels * 2, 16, b"data", len(data))
+    assert len(data) == frames * channels * 2
+    return header + data
+
+
 def render_wav(audio: torch.Tensor, sample_rate: int, samples: int, *, normalize: bool) -> bytes:
     """The first `samples` of a [2, N] result as a 16-bit stereo WAV file."""
     out = audio[:, :samples].to(torch.float32)
@@ -34,4 +51,4 @@ def render_wav(audio: torch.Tensor, sample_rate: int, samples: int, *, normalize
     out = torch.nan_to_num(out, nan=0.0, posinf=1.0, neginf=-1.0)
     if normalize:
         out = peak_normalize(out, 1.0, eps=1e-8)
-    return encode_wav(out.clamp(-1.0, 1.0), sample_rate, subtype="PCM_16")
+    return pcm16_wav(out, sample_rate)

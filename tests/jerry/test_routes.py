@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import JerryServer, assert_jerry_wav, read_wav, wav_bytes
+from garycommon.audio import encode_wav
 
-from jerry.wav import decode_upload, render_wav
+from jerry.wav import decode_upload, pcm16_wav, render_wav
 
 SR = 44100
 WINDOW = 524288
@@ -140,6 +141,17 @@ def test_upload_resampled_once_with_stereo_kept() -> None:
     assert abs(spectrum.argmax().item() * SR / (SR // 2) - 1000) < 5
     assert not torch.allclose(out[0], out[1])
     assert out[:, SR + 100 :].abs().max() == 0, "zero-padded after the input"
+
+
+def test_fast_pcm16_writer_matches_libsndfile() -> None:
+    x = torch.linspace(-1.2, 1.2, 4000).reshape(2, 2000)
+    x[1] = x[1].flip(0)
+    ours = pcm16_wav(x, SR)
+    info, audio = read_wav(ours)
+    assert (info.samplerate, info.channels, info.subtype, info.frames) == (SR, 2, "PCM_16", 2000)
+    reference = read_wav(encode_wav(x, SR, subtype="PCM_16"))[1]
+    assert np.abs(audio.astype(np.int32) - reference.astype(np.int32)).max() <= 2
+    assert audio.max() == 32767 and audio.min() == -32767, "clipped, not wrapped"
 
 
 def test_silence_stays_silence() -> None:
