@@ -67,6 +67,8 @@ class MusicGenEngine:
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._t5: dict[str, tuple[Any, torch.nn.Module]] = {}
         self._lock = threading.RLock()
+        # One generation at a time per engine: CUDA graph capture must not interleave with other GPU work.
+        self._gen_lock = threading.Lock()
 
     # -- residency -------------------------------------------------------------------------------------------------
     def _folder(self, name: str) -> Path:
@@ -168,10 +170,11 @@ class MusicGenEngine:
             model = self._get(name)
             batch = [requests[i] for i in idx]
             try:
-                if self.backend == "audiocraft":
-                    outs = [self._reference_one(model, r, progress) for r in batch]
-                else:
-                    outs = model.generate(batch, progress)
+                with self._gen_lock:
+                    if self.backend == "audiocraft":
+                        outs = [self._reference_one(model, r, progress) for r in batch]
+                    else:
+                        outs = model.generate(batch, progress)
             except torch.cuda.OutOfMemoryError as exc:
                 self._release()
                 raise GaryError(ErrorCode.GPU_OOM, f"out of GPU memory generating with {name}") from exc

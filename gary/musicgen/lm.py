@@ -70,9 +70,10 @@ class Layer(nn.Module):
         h = self.linear1(x)
         return self.linear2(F.gelu(h) if self.gelu else F.relu(h))
 
-    def _self_attn(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None, kv_len: int) -> torch.Tensor:
+    def _self_attn(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None,
+                   visible: torch.Tensor | None) -> torch.Tensor:
         """Prefill (pos None: positions 0..T-1 of every row) or one decode step (pos [B]: each row's position),
-        attending to the first `kv_len` cache slots (any bound above every row's position gives the same result)."""
+        attending to the cache slots `visible` [B, 1, 1, kv_len] marks (built once per step by `MusicGenLM.step`)."""
         att = self.self_attn
         dim = x.shape[-1]
         qkv = att.project(x, slice(0, 3 * dim))
@@ -86,7 +87,8 @@ class Layer(nn.Module):
             idx = pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
             cache.k.scatter_(2, idx, k)
             cache.v.scatter_(2, idx, v)
-            visible = torch.arange(kv_len, device=x.device).view(1, 1, 1, -1) <= pos.view(-1, 1, 1, 1)
+            assert visible is not None
+            kv_len = visible.shape[-1]
             out = F.scaled_dot_product_attention(q, cache.k[:, :, :kv_len], cache.v[:, :, :kv_len], attn_mask=visible)
         return att.merge(out)
 
@@ -98,15 +100,15 @@ class Layer(nn.Module):
         return att.merge(out)
 
     def forward(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None, cross: CrossKV | None,
-                kv_len: int = 0) -> torch.Tensor:
+                visible: torch.Tensor | None = None) -> torch.Tensor:
         if self.norm_first:
-            x = x + self._ls("layer_scale_1", self._self_attn(self.norm1(x), cache, pos, kv_len))
+            x = x + self._ls("layer_scale_1", self._self_attn(self.norm1(x), cache, pos, visible))
             if cross is not None:
                 assert self.norm_cross is not None
                 x = x + self._ls("layer_scale_cross", self._cross(self.norm_cross(x), cross))
             return x + self._ls("layer_scale_2", self._ff(self.norm2(x)))
         src = x
-        x = self.norm1(x + self._ls("layer_scale_1", self._self_attn(x, cache, pos, kv_len)))
+        x = self.norm1(x + self._ls("layer_scale_1", self._self_attn(x, cache, pos, visible)))
         if cross is not None:
             assert self.norm_cross is not None
             # audiocraft's post-norm branch queries the cross-attention with the layer input; kept for parity.
@@ -217,9 +219,10 @@ class MusicGenLM(nn.Module):
         """One decode step: tokens [B, K] at positions pos [B] -> logits [B, K, card] for position pos+1.
         `kv_len` (default: the whole cache) bounds the attended slots; it must exceed every row's position."""
         kv = kv_len if kv_len is not None else cache[0].k.shape[2]
+        visible = torch.arange(kv, device=pos.device).view(1, 1, 1, -1) <= pos.view(-1, 1, 1, 1)
         x = self._embed(tokens.unsqueeze(-1), pos.view(-1, 1))
         for i, layer in enumerate(self.transformer.layers):
-            x = layer(x, cache[i], pos, cross[i] if cross is not None else None, kv)
+            x = layer(x, cache[i], pos, cross[i] if cross is not None else None, visible)
         return self._head(x)[:, :, 0]
 
     def head_at(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

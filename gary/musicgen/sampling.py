@@ -49,13 +49,16 @@ def exponential_noise(seed_key: torch.Tensor, position: torch.Tensor, keys: torc
 
 @dataclass
 class SamplingParams:
-    """Per-row parameters as tensors [B] on the sampling device (graph-capturable: updated in place)."""
+    """Per-row parameters as tensors [B] on the sampling device, plus two static facts about the batch that pick the
+    cheapest exact code path (a graph is captured per batch, so they never change under it)."""
 
     temperature: torch.Tensor  # float32
     top_k: torch.Tensor  # int64, <= 0: off
     top_p: torch.Tensor  # float32, <= 0: off
     cfg_coef: torch.Tensor  # float32
     seed_key: torch.Tensor  # int64 (32-bit values)
+    max_top_k: int  # largest top_k of the batch (0: no row uses top-k)
+    any_top_p: bool
 
     @classmethod
     def build(cls, temperature: list[float], top_k: list[int], top_p: list[float], cfg_coef: list[float],
@@ -66,11 +69,9 @@ class SamplingParams:
             torch.tensor(top_p, dtype=torch.float32, device=device),
             torch.tensor(cfg_coef, dtype=torch.float32, device=device),
             seed_keys(torch.tensor([s & ((1 << 63) - 1) for s in seeds], dtype=torch.int64, device=device)),
+            max(0, *top_k),
+            any(p > 0 for p in top_p),
         )
-
-    def copy_(self, other: SamplingParams) -> None:
-        for name in ("temperature", "top_k", "top_p", "cfg_coef", "seed_key"):
-            getattr(self, name).copy_(getattr(other, name))
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, position: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -79,16 +80,20 @@ def sample(logits: torch.Tensor, params: SamplingParams, position: torch.Tensor,
     greedy = (params.temperature <= 0).view(-1, 1)
     temp = torch.where(params.temperature > 0, params.temperature, torch.ones_like(params.temperature))
     probs = torch.softmax(logits / temp.view(-1, 1, 1), dim=-1)
-    sorted_p, order = torch.sort(probs, dim=-1, descending=True)
-    # top-k keeps every token at least as probable as the k-th (audiocraft compares values, so ties stay in).
-    kth_index = (params.top_k.clamp(1, card) - 1).view(-1, 1, 1).expand(-1, probs.shape[1], 1)
-    kth = sorted_p.gather(-1, kth_index)
-    keep_k = (probs >= kth) | (params.top_k <= 0).view(-1, 1, 1)
-    # top-p keeps the smallest prefix of the sorted distribution whose mass before each token is <= p.
-    drop_sorted = (torch.cumsum(sorted_p, dim=-1) - sorted_p) > params.top_p.view(-1, 1, 1)
-    keep_p = torch.zeros_like(drop_sorted).scatter(-1, order, ~drop_sorted)
-    use_p = (params.top_p > 0).view(-1, 1, 1)
-    keep = torch.where(use_p, keep_p, keep_k)
+    if params.any_top_p:
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+    elif params.max_top_k > 0:
+        sorted_p = torch.topk(probs, min(params.max_top_k, card), dim=-1).values  # all a top-k needs
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if params.max_top_k > 0:
+        # top-k keeps every token at least as probable as the k-th (audiocraft compares values: ties stay in).
+        kth_index = (params.top_k.clamp(1, sorted_p.shape[-1]) - 1).view(-1, 1, 1).expand(-1, probs.shape[1], 1)
+        keep = (probs >= sorted_p.gather(-1, kth_index)) | (params.top_k <= 0).view(-1, 1, 1)
+    if params.any_top_p:
+        # top-p keeps the smallest prefix of the sorted distribution whose mass before each token is <= p.
+        drop_sorted = (torch.cumsum(sorted_p, dim=-1) - sorted_p) > params.top_p.view(-1, 1, 1)
+        keep_p = torch.zeros_like(drop_sorted).scatter(-1, order, ~drop_sorted)
+        keep = torch.where((params.top_p > 0).view(-1, 1, 1), keep_p, keep)
     noise = exponential_noise(params.seed_key, position, keys)
     drawn = torch.argmax(torch.where(keep, probs, torch.zeros_like(probs)) / noise, dim=-1)
     return torch.where(greedy, torch.argmax(logits, dim=-1), drawn)
