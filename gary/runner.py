@@ -70,6 +70,7 @@ class JobRunner:
         self.gpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gary-gpu")
         self._tasks: set[asyncio.Task[Any]] = set()
         self.warmup_state: dict[str, dict[str, Any]] = {}
+        self._running: dict[str, Job] = {}  # jobs running in this process, by id
 
     # --- engine -----------------------------------------------------------------------------------------------
     def engine(self) -> Any:
@@ -99,7 +100,13 @@ class JobRunner:
                                fencing_token=fencing_token)
             return "no pending job for this task; reported failed"
         if not await self.jobs.claim(job.job_id):
-            return "job already started"
+            running = self._running.get(job.job_id)
+            if running is not None:  # the gateway re-granted (it thought the lease lost): adopt the new one
+                running.lease_id, running.fencing_token = lease_id, fencing_token
+                return "job already running here; lease updated"
+            if job.state != "queued" and job.active:
+                return "job already started"
+            log.warning("job %s was claimed but its runner is gone; running it again", job.job_id)
         job.lease_id = lease_id
         job.fencing_token = fencing_token
         self.spawn(self.run(job))
@@ -108,6 +115,7 @@ class JobRunner:
     async def run(self, job: Job) -> None:
         sid = job.session_id
         heartbeat: asyncio.Task[None] | None = None
+        self._running[job.job_id] = job
         try:
             await self.jobs.update(job, state="warming", heartbeat_at=time.time(), ran_on=PROCESS_ID)
             await self.status.set_status(sid, "warming", job_id=job.job_id)
@@ -127,6 +135,7 @@ class JobRunner:
             err = exc if isinstance(exc, GaryError) else GaryError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             await self._fail(job, err)
         finally:
+            self._running.pop(job.job_id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
             if job.lane == GENERATION_LANE:

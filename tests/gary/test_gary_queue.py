@@ -145,3 +145,52 @@ async def test_failure_before_the_work_is_reported(gary: Gary, gateway: str) -> 
     finally:
         await queue.aclose()
         await rec.close()
+
+
+async def test_regrant_while_running_adopts_the_new_lease(gary: Gary, gateway: str) -> None:
+    """A second `ready` for a job running here updates its lease; the gateway then refusing gary's final status
+    (stale fencing token) is only logged: the client still gets its result and no spurious `error`."""
+    rec = await recorder(gary.url)
+    release = gary.hold_gpu()
+    try:
+        mark = rec.mark()
+        await rec.emit("process_audio_request", {"audio_data": wav_b64(2.0), "model_name": MODEL, "prompt_duration": 1})
+        sid = (await rec.wait("process_audio_received", after=mark))["session_id"]
+        await until(lambda: _job_state(gary, sid, "warming"))
+        async with httpx.AsyncClient(base_url=gary.url) as http:
+            r = await http.post("/task_notification", json={"session_id": sid, "status": "ready",
+                                                            "type": "process_audio", "lease_id": "x",
+                                                            "fencing_token": 999})
+        assert r.json()["message"] == "job already running here; lease updated"
+    finally:
+        release.set()
+    try:
+        await rec.wait("audio_processed", after=mark, within=60)
+        await asyncio.sleep(0.3)
+        assert not [d for e, d in rec.events[mark:] if e == "error"]
+    finally:
+        await rec.close()
+
+
+async def test_ready_for_a_job_whose_runner_died_runs_it(gary: Gary) -> None:
+    from gary.jobs import new_job
+
+    async with httpx.AsyncClient(base_url=gary.url, timeout=30) as http:
+        sid = (await http.post("/api/juce/update_cropped_audio", json={"audio_data": wav_b64(2.0)})).json()["session_id"]
+        params = {"model_name": MODEL, "prompt_duration": 1, "top_k": 250, "temperature": 1.0, "cfg_coef": 3.0,
+                  "description": None, "seed": 3, "output_seconds": gary.settings.gary_output_seconds}
+        job = new_job(sid, "continue_music", params, None)
+        job.state, job.heartbeat_at = "processing", time.time() - 600  # what a crashed process leaves behind
+        gary.call(gary.ctx.jobs.save(job, make_current=True))
+        assert gary.call(gary.ctx.jobs.claim(job.job_id))
+        assert (await http.get(f"/api/juce/poll_status/{sid}")).json()["status"] == "failed"  # not stuck "processing"
+        r = await http.post("/task_notification", json={"session_id": sid, "status": "ready", "type": "continue_music"})
+        assert r.json()["message"] == "job started"
+        await until(lambda: _job_state(gary, sid, "completed"))
+        body = (await http.get(f"/api/juce/poll_status/{sid}")).json()
+        assert body["status"] == "completed" and body["generation_seed"] == 3 and body["audio_data"]
+
+
+async def _job_state(gary: Gary, sid: str, state: str) -> bool:
+    job = gary.call(gary.ctx.jobs.current(sid))
+    return job is not None and job.state == state
