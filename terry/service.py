@@ -55,7 +55,6 @@ class TerryService:
         queue: Any | None = None,
     ) -> None:
         self.settings = settings
-        self.demo = settings.demo_models
         self.engine_rate = ENGINE_RATE
         self.started = time.monotonic()
         self.redis = redis
@@ -83,6 +82,12 @@ class TerryService:
             keys = settings.api_keys
             queue = QueueClient(settings.queue_url, api_key=keys[0] if keys else None)
         return cls(settings, loader=loader, redis=redis, emitter=emitter, queue=queue)
+
+    @property
+    def demo(self) -> bool:
+        """Demo mode, or weights that carry the demo marker (random weights served without --demo say so too)."""
+        engine = self.host.engine
+        return self.settings.demo_models or bool(engine is not None and engine.demo)
 
     def _resident_lease(self) -> AbstractAsyncContextManager[Any]:
         return self.queue.lease(

@@ -171,3 +171,12 @@ async def test_audio_file_path_inside_transfer_dir_is_read_and_kept(terry: Terry
                            audio="ignored-when-a-path-is-given", **FAST)
     assert result_audio(resp).num_samples == int(1.5 * 22050)
     assert src.exists()  # never deleted by terry: gary owns the file
+
+
+async def test_preload_loads_at_start_without_a_request(make_terry: Callable[..., Terry]) -> None:
+    t = make_terry(terry_preload=True)
+    await until(lambda: t.svc.host.loaded, 30, "preload")
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(f"{t.url}/health")).json()
+    assert health["model_loaded"] is True and health["status"] == "healthy"
+    assert health["demo"] is True  # the tiny checkpoint carries the demo marker: random weights never pass as real
