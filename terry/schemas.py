@@ -11,7 +11,7 @@ import uuid
 from typing import Any, Literal
 
 from garycommon.errors import ErrorCode, GaryError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .presets import MAX_PROMPT_CHARS
 
@@ -32,7 +32,10 @@ class TransformRequest(BaseModel):
     variation: str = Field(..., min_length=1, max_length=100, description="Preset name (GET /variations) or any name "
                            "with custom_prompt")
     audio_file_path: str | None = Field(None, max_length=4096, description="File inside TRANSFER_DIR; wins over audio")
-    audio: str | None = Field(None, description="Base64 of a whole audio file (any format/rate/channels)")
+    audio: str | None = Field(
+        None, validation_alias=AliasChoices("audio", "audio_data"),
+        description="Base64 of a whole audio file (any format/rate/channels); `audio_data` (gary's name) also works",
+    )
     flowstep: float | None = Field(
         None, gt=0, lt=1, allow_inf_nan=False,
         description="How far the input is inverted toward noise, in (0, 1): lower = more change (default 0.12)",

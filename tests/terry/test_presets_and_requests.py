@@ -66,3 +66,4 @@ def test_lenient_where_the_original_was() -> None:
                            "seed": -1, "flowstep_extra": 1})
     assert req.flowstep == 0.1 and req.solver == "midpoint" and req.seed is None
     assert parse_transform({"variation": "celtic", "audio": "AAAA", "flowstep": None}).flowstep is None
+    assert parse_transform({"variation": "celtic", "audio_data": "AAAA"}).audio == "AAAA"  # gary's field name
