@@ -123,6 +123,8 @@ def load_fork(path: Path) -> Any:
         xf = types.ModuleType("xformers")
         ops = types.ModuleType("xformers.ops")
         ops.unbind = torch.unbind  # type: ignore[attr-defined]
+        # only probed by the fork's constructor; attention itself runs through torch SDPA (its 'torch' backend)
+        ops.memory_efficient_attention = ops.LowerTriangularMask = None  # type: ignore[attr-defined]
         xf.ops = ops  # type: ignore[attr-defined]
         sys.modules["xformers"], sys.modules["xformers.ops"] = xf, ops
     import audiocraft.models.flow as flow
