@@ -92,6 +92,11 @@ class ModelHost:
     def engine(self) -> Engine | None:
         return self._engine
 
+    @property
+    def needs_load(self) -> bool:
+        """True when the next `acquire` loads (nothing loaded, or its resident lease was revoked)."""
+        return self._engine is None or bool(getattr(self._lease, "lost", False))
+
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking model work on the model thread."""
         loop = asyncio.get_running_loop()
@@ -114,7 +119,7 @@ class ModelHost:
 
     async def ensure_loaded(self) -> Engine:
         async with self._load_lock:
-            if self._engine is not None and getattr(self._lease, "lost", False):
+            if self._engine is not None and self.needs_load:
                 log.warning("resident lease of %s was lost; reloading under a new one", self.name)
                 await self._drop()
             if self._engine is not None:

@@ -153,7 +153,7 @@ class TransformRunner:
         )
 
     async def _run_locked(self, job: TransformJob, progress: TransformProgress) -> TransformOutcome:
-        must_load = not self.host.loaded
+        must_load = self.host.needs_load
         if must_load:
             load_estimate = self.host.load_seconds or DEFAULT_ESTIMATE_S
             await progress.queue_status(

@@ -83,3 +83,23 @@ async def test_direct_call_waits_for_the_lane_then_leases_working_memory(leased_
     finally:
         rdb.close()
         await queue.aclose()
+
+
+async def test_a_revoked_resident_lease_makes_terry_reload_under_a_new_one(leased_terry: Terry, gateway: str) -> None:
+    """If the gateway stops honouring the weights' lease (operator release, gateway reset), terry must not keep
+    unaccounted weights on the GPU: it unloads before the next transform and loads again under a fresh lease."""
+    host = leased_terry.svc.host
+    first = await post(leased_terry, session_id="before-revoke", variation="celtic", audio=wav_b64(1.5), steps=2)
+    assert first.status_code == 200
+    loads = host.loads
+    (resident,) = [x for x in await leases(gateway) if x.get("resident")]
+    async with httpx.AsyncClient(timeout=10) as http:
+        revoked = await http.post(f"{gateway}/leases/{resident['lane']}:{resident['session_id']}/release",
+                                  json={"outcome": "cancelled"})
+        assert revoked.status_code == 200, revoked.text
+    await until(lambda: host.needs_load, 10, "the heartbeat to notice the revoked lease")
+    again = await post(leased_terry, session_id="after-revoke", variation="celtic", audio=wav_b64(1.5), steps=2)
+    assert again.status_code == 200 and again.json()["metadata"]["model_loaded_for_request"] is True
+    assert host.loads == loads + 1
+    (renewed,) = [x for x in await leases(gateway) if x.get("resident")]
+    assert renewed["session_id"] != resident["session_id"]
