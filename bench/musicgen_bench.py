@@ -8,7 +8,15 @@ runs once per request and is not what is measured). audiocraft runs a short cont
 extrapolated to the full 30 s); ours runs the full workload.
 
 Run on the GPU machine from the repo root:  python3 bench/musicgen_bench.py --out $OUT
-(.whl-musicgen/site* must be carried: pure-python deps copied from the venv + cp312 wheels for compiled ones.)
+with `.whl-musicgen/site` and `.whl-musicgen/site312` carried. The GPU machine has torch/transformers but not
+audiocraft's import-time needs; they travel as (made here, from the repo root):
+  site:    the pure-python packages copied from .venv's site-packages: audiocraft omegaconf antlr4 julius hydra
+           num2words docopt.py flashy dora submitit treetable retrying.py cloudpickle colorlog pydantic
+           pydantic_settings dotenv typing_inspection annotated_types soundfile.py _soundfile_data einops pycparser
+  site312: cp312 wheels of the compiled ones, unzipped:  pip download --only-binary=:all: --python-version 3.12
+           --platform manylinux2014_x86_64 --no-deps pydantic_core==<venv's> cffi==<venv's>
+Optional audiocraft imports that MusicGen never calls (spacy, librosa, av, torchmetrics, wandb) get inert
+stand-ins when missing; xformers gets gary.musicgen.reference's stand-in.
 """
 
 from __future__ import annotations

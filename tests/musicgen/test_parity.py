@@ -105,3 +105,15 @@ def test_greedy_generation_matches_audiocraft(engine, reference, name, descripti
     assert result.audio.shape == ref_audio[0].shape
     assert result.sample_rate == ref.sample_rate
     assert (result.audio - ref_audio[0]).abs().max().item() < 1e-4
+
+
+def test_audiocraft_backend_through_the_engine_matches_native(settings) -> None:  # noqa: ANN001
+    """backend="audiocraft" (the reference library behind our interface) and the native backend agree on greedy
+    decoding, so side-by-side benchmarks compare the same computation."""
+    prompt = _wav(1, 0.5, seed=9)[0]
+    req = GenerationRequest(MONO, prompt, 32000, duration=1.2, description="tape-saturated breakbeat", top_k=1, seed=4)
+    ref = MusicGenEngine(settings, torch.device("cpu"), backend="audiocraft").generate([req])[0]
+    native = MusicGenEngine(settings, torch.device("cpu")).generate([req])[0]
+    assert ref.seed == native.seed == 4 and ref.sample_rate == native.sample_rate == 32000
+    assert ref.audio.shape == native.audio.shape == (1, 38400)
+    assert (ref.audio - native.audio).abs().max().item() < 1e-4
