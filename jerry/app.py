@@ -1,7 +1,8 @@
 """Assembly of the jerry service: settings, the GPU worker, the model registry, riffs, routes and the optional queue lease.
 
-Start-up never blocks on the model: the server listens at once, `/health` answers 503 `loading` until the standard
-model is loaded and warmed up on the worker thread, then 200. In demo mode tiny random weights are written in the
+Start-up loads and warms the standard model on the worker thread before the port opens, so a listening jerry is a
+ready one; if loading fails it listens anyway, `/health` answers 503 with the reason, and loading is retried in the
+background. The optional queue-gateway lease never holds start-up up. In demo mode tiny random weights are written in the
 published layout and loaded by the same code (announced in the log, `/health` and every response's metadata).
 """
 
@@ -130,9 +131,13 @@ def create_app(settings: Settings | None = None, *, demo: bool | None = None) ->
         state = JerryState(settings, batcher, registry, riffs, Generator(settings, registry, batcher, riffs))
         app.state.jerry = state
         batcher.start()
-        tasks = [asyncio.create_task(registry.load_standard(), name="jerry-load")]
+        tasks = []
         if settings.queue_url:
             tasks.append(asyncio.create_task(hold_resident_lease(state), name="jerry-lease"))
+        # The port opens once the first load attempt is over: listening means ready (or failed, with the reason in
+        # /health and further attempts in the background), never a half-started server.
+        if not await registry.load_standard():
+            tasks.append(asyncio.create_task(registry.retry_standard(), name="jerry-load-retry"))
         log.info("jerry up: model %s on %s%s", settings.jerry_model, registry.device, " [DEMO]" if settings.demo_models else "")
         try:
             yield

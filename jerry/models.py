@@ -86,28 +86,34 @@ class ModelRegistry:
         self.active_key: str | None = None
 
     # -- standard model ---------------------------------------------------------------------------------------------
-    async def load_standard(self) -> None:
-        """Load + warm up the standard model on the worker thread. A failure (no token yet, hub unreachable, disk
-        full) is reported by /health and as 503s, and retried with back-off so a fixed cause heals without a restart."""
-        delay = RETRY_FIRST_SECONDS
-        while True:
-            self.state = "loading"
-            started = time.perf_counter()
-            try:
-                engine = await self.batcher.call(lambda: self._load_and_warm(self.settings.jerry_model))
-                break
-            except Exception as exc:  # any failure is reported; the server keeps serving info routes
-                self.state, self.error = "error", str(exc)
-                log.error("standard model %s failed to load: %s (retrying in %.0f s)", self.settings.jerry_model, exc,
-                          delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_MAX_SECONDS)
+    async def load_standard(self) -> bool:
+        """One attempt to load + warm up the standard model on the worker thread; False (and the reason kept for
+        /health and 503s) when it fails."""
+        self.state = "loading"
+        started = time.perf_counter()
+        try:
+            engine = await self.batcher.call(lambda: self._load_and_warm(self.settings.jerry_model))
+        except Exception as exc:  # any failure is reported; the server keeps serving info routes
+            self.state, self.error = "error", str(exc)
+            log.error("standard model %s failed to load: %s", self.settings.jerry_model, exc)
+            return False
         self._entries[STANDARD_KEY] = ModelEntry(STANDARD_KEY, "standard", self.settings.jerry_model, None, engine)
         self.active_key = self.active_key or STANDARD_KEY
         self.state, self.error = "ready", None
         self.demo = bool(engine.demo)
         log.info("standard model %s ready on %s in %.1f s%s", self.settings.jerry_model, self.device,
                  time.perf_counter() - started, " (DEMO: tiny random weights)" if self.demo else "")
+        return True
+
+    async def retry_standard(self) -> None:
+        """Retry with back-off, so a fixed cause (token added, hub back, disk freed) heals without a restart."""
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            log.info("retrying the standard model in %.0f s", delay)
+            await asyncio.sleep(delay)
+            if await self.load_standard():
+                return
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     def _load_and_warm(self, name: str) -> Any:
         engine = SAOEngine.load(name, self.settings, self.device, max_batch=self.settings.jerry_max_batch)
