@@ -183,6 +183,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script on purpose: it runs ins
         results[f"ours_b{batch}_dit_step_ms"] = timed(lambda x=lat, c=cross, g=glob, t_=tt: fast.dit_fn(x, t_, c, g),
                                                       reps, device)["median_ms"]
     save()
+    if device.type == "cuda":
+        profile(fast, config, args.out / "profile.txt")
 
     # ---- ours, eager fp32 (accuracy reference for the fast path)
     ref32 = SAOEngine.load(str(work / "sao"), settings, device, torch.float32, fast=False)
@@ -226,6 +228,36 @@ def main() -> None:  # noqa: PLR0915 - one linear script on purpose: it runs ins
     save()
     write_table(results, args.out / "jerry.md")
     print((args.out / "jerry.md").read_text())
+
+
+def profile(engine: Any, config: dict[str, Any], path: Path) -> None:
+    """Kernel time of one un-graphed DiT step (batch 8) and one decode (batch 1): where the time goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    frames = config["sample_size"] // 2048
+    lines = []
+    for name, batch in (("dit", 8), ("decode", 1)):
+        lat = torch.randn(batch, config["model"]["io_channels"], frames, device="cuda", dtype=torch.float16)
+        if name == "dit":
+            cross, glob = engine._conditioning(PROMPTS[:batch], [SECONDS] * batch)
+            tt = torch.ones(batch, device="cuda")
+
+            def call(x=lat, t=tt, c=cross, g=glob) -> Any:  # noqa: ANN001
+                return engine.net.model.model(x, t, c, g)
+        else:
+
+            def call(x=lat) -> Any:  # noqa: ANN001
+                return engine.net.pretransform.model.decode(x)
+        call()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70)
+        lines += [f"== {name} batch {batch}", table]
+    path.write_text("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 def write_table(r: dict[str, Any], path: Path) -> None:

@@ -7,12 +7,14 @@ loaded separately through `garycommon.textenc` (the checkpoint only names it).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from .config import ConditionerConfig, SAOConfig
+from .t5 import T5EncoderForward
 
 
 class LearnedFourier(nn.Module):
@@ -65,12 +67,15 @@ class T5Prompt:
         self.tokenizer = tokenizer
         self.encoder = encoder
         self.max_length = max_length
+        self.forward = T5EncoderForward(encoder)
+        # Swapped by the CUDA fast path for a graph replay of the same forward.
+        self.encode_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.forward
 
     @torch.no_grad()
     def __call__(self, texts: list[str], device: torch.device) -> torch.Tensor:
         tok = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding="max_length",
                              return_tensors="pt")
-        ids = tok["input_ids"].to(device)
-        mask = tok["attention_mask"].to(device).bool()
-        hidden = self.encoder(input_ids=ids, attention_mask=mask)["last_hidden_state"]
+        ids = tok["input_ids"].to(device, non_blocking=True)
+        mask = tok["attention_mask"].to(device, non_blocking=True).bool()
+        hidden = self.encode_fn(ids, mask)
         return hidden * mask[..., None].to(hidden.dtype)

@@ -1,9 +1,9 @@
-"""CUDA fast path: fused snake activations, cuDNN autotuning and CUDA graphs for the DiT step and the VAE decoder.
+"""CUDA fast path: fused snake activations, a compiled DiT block, cuDNN autotuning and CUDA graphs.
 
-At batch 1 the DiT is launch-bound (hundreds of small kernels per step) and the decoder's snake activations are
-memory-bound (five passes over 100+ MB tensors each in eager mode). Graph replay removes the launch overhead; one
-compiled elementwise kernel per snake removes the extra passes. Graphs are captured lazily per shape (DiT: rows and
-context length; decoder: batch size) and share one memory pool; `warmup` captures the batch-1 shapes at start-up.
+The T5 forward (plain torch, `t5.py`), the DiT step and the VAE decoder are each replayed as CUDA graphs: at batch 1
+they are launch-bound (hundreds of small kernels per call). The decoder's snake activations are memory-bound (five
+passes over 100+ MB tensors each in eager mode); one compiled elementwise kernel per snake removes the extra passes.
+Graphs are captured lazily per shape and share one memory pool; `warmup` captures the batch-1 shapes at start-up.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .dit import run_block
 from .vae import set_snake_impl, snake_reference
 
 if TYPE_CHECKING:
@@ -76,14 +77,28 @@ class GraphRunner:
         key = ("decode", latents.shape[0])
         return self._get(key, self.decoder, (latents,))(latents)
 
+    def text(self, cid: str, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+        @torch.no_grad()
+        def encode(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self._get(("t5", cid, *ids.shape), forward, (ids, mask))(ids, mask)
 
-def enable_fast_path(engine: SAOEngine) -> None:
+        return encode
+
+
+def enable_fast_path(engine: SAOEngine, *, compile_dit: bool = True) -> None:
     """Swap the engine's DiT and decoder calls for graph replays (same math, same weights)."""
     if engine.device.type != "cuda":
         raise ValueError("the fast path needs a CUDA device")
     torch.backends.cudnn.benchmark = True  # the decoder's conv shapes never change: autotune them once
     set_snake_impl(torch.compile(snake_reference, dynamic=True, fullgraph=True))
+    if compile_dit:
+        # Fuses the norms, rotary, GLU and residual adds of a block; layers share one compiled graph (their
+        # parameters are graph inputs). A compile failure falls back to eager instead of failing requests.
+        torch._dynamo.config.suppress_errors = True
+        engine.net.model.model.block_fn = torch.compile(run_block, dynamic=False)
     runner = GraphRunner(engine)
     engine.dit_fn = runner.dit_step
     engine.decode_fn = runner.decode
+    for cid, prompt in engine.text.items():
+        prompt.encode_fn = runner.text(cid, prompt.forward)
     engine.graph_runner = runner
