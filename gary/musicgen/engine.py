@@ -66,7 +66,8 @@ class MusicGenEngine:
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self._models: OrderedDict[str, Any] = OrderedDict()
         self._t5: dict[str, tuple[Any, torch.nn.Module]] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the dicts only: resident()/vram_mb() never wait for a load
+        self._load_lock = threading.Lock()  # one load at a time (a hub download can take minutes)
         # One generation at a time per engine: CUDA graph capture must not interleave with other GPU work.
         self._gen_lock = threading.Lock()
 
@@ -101,18 +102,32 @@ class MusicGenEngine:
             model.fast = FastDecoder(model)
         return model
 
-    def _get(self, name: str) -> Any:
+    def _resident_model(self, name: str) -> Any:
         with self._lock:
             if name in self._models:
                 self._models.move_to_end(name)
                 return self._models[name]
-            while len(self._models) >= self.max_resident:
-                evicted, _ = self._models.popitem(last=False)
-                log.info("unloading %s (LRU, max_resident=%d)", evicted, self.max_resident)
+            return None
+
+    def _get(self, name: str) -> Any:
+        model = self._resident_model(name)
+        if model is not None:
+            return model
+        with self._load_lock:
+            model = self._resident_model(name)  # loaded by another thread while this one waited
+            if model is not None:
+                return model
+            with self._lock:  # make room first, so old and new weights are never both on the GPU
+                evicted = []
+                while len(self._models) >= self.max_resident:
+                    evicted.append(self._models.popitem(last=False)[0])
+            if evicted:
+                log.info("unloading %s (LRU, max_resident=%d)", ", ".join(evicted), self.max_resident)
                 self._release()
             log.info("loading %s on %s (%s backend)", name, self.device, self.backend)
             model = self._load(name)
-            self._models[name] = model
+            with self._lock:
+                self._models[name] = model
             return model
 
     def _release(self) -> None:

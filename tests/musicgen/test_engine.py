@@ -170,3 +170,14 @@ def test_demo_mode_serves_any_allowed_name(tmp_path: Path) -> None:
     with pytest.raises(GaryError) as err:  # demo mode still only accepts owner/name ids of allowed owners
         engine.preload("../../escape")
     assert err.value.code == ErrorCode.MODEL_NOT_ALLOWED
+
+
+
+def test_concurrent_loads_of_one_model_load_it_once(settings: Settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = MusicGenEngine(settings, torch.device("cpu"), max_resident=2)
+    with ThreadPoolExecutor(3) as pool:
+        models = list(pool.map(lambda _: engine.model(STEREO), range(3)))
+    assert models[0] is models[1] is models[2]
+    assert engine.resident() == [STEREO]
