@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 RunJob = Callable[[Job], Awaitable[None]]
 ALIVE_STATUSES = frozenset({"queued", "ready", "processing", "warming", "granted", "running"})
+RESIDENT_LANE = "gary"
+RESIDENT_WAIT_SECONDS = 2.0  # not granted quickly -> unload instead of waiting while holding the task's lease
 
 
 class Dispatcher(Protocol):
@@ -35,6 +37,7 @@ class Dispatcher(Protocol):
     async def queued_alive(self, job: Job) -> bool: ...
     async def live_status(self, job: Job) -> dict[str, Any] | None: ...
     def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None: ...
     async def aclose(self) -> None: ...
 
 
@@ -88,6 +91,11 @@ class GatewayDispatcher:
     def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """A VRAM lease for work outside a task (warm-up), so it never overlaps what the gateway scheduled."""
         return self.client.lease(model, lane=GENERATION_LANE, owner="gary-warmup", vram_mb=self.vram_for(model))
+
+    def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None:
+        """Accounts for weights kept loaded between jobs, on gary's own uncapped lane (never behind a task)."""
+        return self.client.lease(model, lane=RESIDENT_LANE, owner=f"gary:resident:{model}", vram_mb=vram_mb,
+                                 resident=True, wait_timeout=RESIDENT_WAIT_SECONDS)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -148,6 +156,10 @@ class SoloDispatcher:
     def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]:
         """The GPU worker thread already serialises everything in solo mode."""
         return contextlib.nullcontext()
+
+    def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None:
+        """No gateway to account VRAM with: models simply stay loaded (the engine's LRU bounds them)."""
+        return None
 
     async def aclose(self) -> None:
         for task in self._workers:

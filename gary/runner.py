@@ -71,6 +71,7 @@ class JobRunner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.warmup_state: dict[str, dict[str, Any]] = {}
         self._running: dict[str, Job] = {}  # jobs running in this process, by id
+        self._warm: dict[str, tuple[contextlib.AsyncExitStack, Any]] = {}  # model -> its resident lease
 
     # --- engine -----------------------------------------------------------------------------------------------
     def engine(self) -> Any:
@@ -210,6 +211,8 @@ class JobRunner:
         await self.notifier.emit("progress_update", {"progress": 100, "session_id": sid}, sid, job.requester)
         await self.notifier.emit(job.result_event, self.result_payload(job, audio_b64, output.metadata), sid,
                                  job.requester)
+        if job.lane == GENERATION_LANE:
+            await self._keep_warm()  # while the task's lease still covers the loaded weights
         await self._report(job.lane, sid, "completed", fencing_token=job.fencing_token)
 
     def result_payload(self, job: Job, audio_b64: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +242,32 @@ class JobRunner:
                                          fencing_token=fencing_token)
         except Exception as exc:
             log.warning("could not report %s for %s to the queue: %s", status, session_id, exc)
+
+    async def _keep_warm(self) -> None:
+        """With a gateway, every model the engine keeps loaded between jobs holds a resident lease (so other services'
+        leases never overcommit the card); a model whose lease is refused, lost or no longer needed is unloaded."""
+        try:
+            resident = set(await self.in_gpu_thread(lambda: self.engine().resident()))
+            for model, (stack, lease) in list(self._warm.items()):
+                if model not in resident or getattr(lease, "lost", False):
+                    del self._warm[model]
+                    await stack.aclose()
+                    if model in resident:
+                        await self.in_gpu_thread(self.engine().unload, model)
+                        resident.discard(model)
+            for model in resident - set(self._warm):
+                lease_cm = self.dispatcher.resident_lease(model, self.engine().vram_mb(model))
+                if lease_cm is None:
+                    continue
+                stack = contextlib.AsyncExitStack()
+                try:
+                    self._warm[model] = (stack, await stack.enter_async_context(lease_cm))
+                except GaryError as exc:
+                    log.info("no resident lease for %s (%s): unloading it", model, exc.message)
+                    await stack.aclose()
+                    await self.in_gpu_thread(self.engine().unload, model)
+        except Exception:
+            log.exception("keeping models warm failed")
 
     # --- liveness and progress ----------------------------------------------------------------------------------
     async def _heartbeat(self, job: Job) -> None:
@@ -287,6 +316,10 @@ class JobRunner:
                                          job.requester)
 
     async def aclose(self) -> None:
+        for stack, _ in self._warm.values():
+            with contextlib.suppress(Exception):
+                await stack.aclose()
+        self._warm.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -49,6 +49,12 @@ async def test_bang_and_transform_through_the_gateway(gary: Gary, gateway: str) 
         assert result["session_id"] == sid
         task = await until(lambda: _finished(gateway, sid))
         assert task["status"] == "completed"
+        # the weights gary keeps loaded between jobs are accounted for by a resident lease on its own lane
+        async with httpx.AsyncClient(base_url=gateway) as http:
+            leases = (await http.get("/queue")).json()["leases"]
+        warm = [x for x in leases if x.get("resident") and x["lane"] == "gary"]
+        assert [x["owner"] for x in warm] == [f"gary:resident:{MODEL}"] and warm[0]["vram_mb"] > 0
+        assert MODEL in gary.ctx.runner.engine().resident()
 
         mark = rec.mark()
         await rec.emit("transform_audio_request", {"session_id": sid, "variation": "celtic", "flowstep": 0.1})
