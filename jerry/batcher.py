@@ -13,8 +13,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from garycommon.errors import GaryError
@@ -28,12 +28,6 @@ class _Job:
     request: Any
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
-    enqueued: float = field(default_factory=time.perf_counter)
-
-
-def batch_key(engine: Any, request: Any) -> Hashable:
-    """Requests for the same engine go into one call; the engine groups them into sampler runs by settings."""
-    return id(engine)
 
 
 class Batcher:
@@ -86,15 +80,16 @@ class Batcher:
                 continue
             jobs = [job]
             stop = self._gather(jobs)
-            groups: dict[Hashable, list[_Job]] = {}
+            # One engine call per model; the engine groups its requests into sampler runs by their settings.
+            groups: dict[int, list[_Job]] = {}
             for j in jobs:
-                groups.setdefault(batch_key(j.engine, j.request), []).append(j)
+                groups.setdefault(id(j.engine), []).append(j)
             for group in groups.values():
                 for start in range(0, len(group), self.max_batch):
                     chunk = group[start : start + self.max_batch]
                     self.batches_run += 1
                     self.largest_batch = max(self.largest_batch, len(chunk))
-                    self._finish(chunk, lambda c=chunk: c[0].engine.generate([j.request for j in c]))
+                    self._generate(chunk)
             if stop:
                 return
 
@@ -117,20 +112,39 @@ class Batcher:
             jobs.append(nxt)
         return False
 
+    def _generate(self, chunk: list[_Job]) -> None:
+        """One engine call for the chunk; if it fails, each request runs alone, so one bad request (or a batch too
+        big for the memory left) does not fail the others."""
+        if len(chunk) > 1:
+            if self._finish(chunk, lambda: _engine_call(chunk), deliver_errors=False):
+                return
+            log.warning("batch of %d failed; running its requests one by one", len(chunk))
+        for job in chunk:
+            self._finish([job], lambda j=job: _engine_call([j]))
+
     @staticmethod
-    def _finish(jobs: list[_Job], fn: Callable[[], list[Any]]) -> None:
+    def _finish(jobs: list[_Job], fn: Callable[[], list[Any]], *, deliver_errors: bool = True) -> bool:
+        """Run `fn` and hand each job its result; returns whether it succeeded (errors go to the jobs unless
+        `deliver_errors` is off)."""
         try:
             results = fn()
             if len(results) != len(jobs):
                 raise RuntimeError(f"engine returned {len(results)} results for {len(jobs)} requests")
-        except Exception as exc:  # delivered to every waiting request; the worker keeps running
+        except Exception as exc:  # delivered to the waiting requests; the worker keeps running
+            if not deliver_errors:
+                return False
             if not isinstance(exc, GaryError):
                 log.exception("engine call failed")
             for j in jobs:
                 j.loop.call_soon_threadsafe(_set_exception, j.future, exc)
-            return
+            return False
         for j, result in zip(jobs, results, strict=True):
             j.loop.call_soon_threadsafe(_set_result, j.future, result)
+        return True
+
+
+def _engine_call(jobs: list[_Job]) -> list[Any]:
+    return jobs[0].engine.generate([j.request for j in jobs])
 
 
 def _set_result(future: asyncio.Future[Any], value: Any) -> None:
