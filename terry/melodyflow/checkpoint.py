@@ -53,7 +53,11 @@ def load_package(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         ) from exc
     if not isinstance(pkg, dict) or "best_state" not in pkg or "xp.cfg" not in pkg:
         raise ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"{path.name} is not an audiocraft package (xp.cfg + best_state)")
-    cfg = OmegaConf.to_container(OmegaConf.create(pkg["xp.cfg"]), resolve=True)
+    tree = OmegaConf.create(pkg["xp.cfg"])
+    try:
+        cfg = OmegaConf.to_container(tree, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation into a part of the training config we never read
+        cfg = OmegaConf.to_container(tree, resolve=False)
     assert isinstance(cfg, dict)
     return tp.cast(dict[str, Any], cfg), pkg["best_state"]
 

@@ -126,3 +126,20 @@ def test_unsupported_architecture_is_refused() -> None:
     cfg["transformer_lm"]["add_zero_attn"] = False
     with pytest.raises(ModelLoadError, match="add_zero_attn"):
         dit_config(cfg)
+
+
+def test_config_with_unresolvable_interpolation_still_loads(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    cfg, _ = tiny_configs()
+    cfg["optim"] = {"lr": "${missing.key}"}  # training-only field pointing nowhere
+    torch.save({"xp.cfg": OmegaConf.create(cfg), "best_state": {}}, tmp_path / DIT_FILE)
+    loaded, state = load_package(tmp_path / DIT_FILE)
+    assert state == {} and dit_config(loaded).num_layers == 8
+
+
+def test_install_demo_needs_a_models_dir() -> None:
+    from terry.melodyflow.demo import install_demo
+
+    with pytest.raises(ValueError, match="LOCAL_MODELS_DIR"):
+        install_demo(Settings(local_models_dir=None))
