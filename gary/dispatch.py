@@ -57,7 +57,8 @@ class GatewayDispatcher:
             model = job.params["model_name"]
             vram = await asyncio.to_thread(self.vram_for, model)
         await self.client.enqueue(job.lane, job.session_id, job.type, {"job_id": job.job_id, **job.params},
-                                  callback_url=self.settings.gary_url, model=model, vram_mb=vram)
+                                  callback_url=self.settings.gary_url, model=model, vram_mb=vram,
+                                  client_key=job.client_key)
 
     async def report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
                      fencing_token: int | str | None = None) -> None:

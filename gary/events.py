@@ -19,6 +19,7 @@ from garycommon.errors import ErrorCode, GaryError
 
 from .context import GaryContext
 from .notifications import error_payload
+from .operations import Caller, client_key
 from .payloads import (
     RESTORE_CHUNK_SIZE,
     ChunkRequest,
@@ -84,28 +85,33 @@ def register(sio: socketio.AsyncServer, ctx: GaryContext) -> None:
 
     @sio.event
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        log.debug("connect %s", sid)
+        forwarded = str(environ.get("HTTP_X_FORWARDED_FOR") or "").split(",")[0].strip()
+        await sio.save_session(sid, {"client_key": client_key(forwarded or environ.get("REMOTE_ADDR"))})
+
+    async def caller(sid: str) -> Caller:
+        session = await sio.get_session(sid)
+        return Caller(sid, session.get("client_key"))
 
     @on("process_audio_request")
     async def process_audio_request(sid: str, data: Any) -> None:
         req = validate(ProcessAudioRequest, data)
-        await ops.process_audio(req, requester=sid, on_accepted=accepted(sid, "process_audio_received"))
+        await ops.process_audio(req, caller=await caller(sid), on_accepted=accepted(sid, "process_audio_received"))
 
     @on("continue_music_request")
     async def continue_music_request(sid: str, data: Any) -> None:
         req = validate(ContinueRequest, data)
-        await ops.continue_music(req, created_from="jerry_continue", requester=sid,
+        await ops.continue_music(req, created_from="jerry_continue", caller=await caller(sid),
                                  on_accepted=accepted(sid, "continue_music_received"))
 
     @on("retry_music_request")
     async def retry_music_request(sid: str, data: Any) -> None:
         req = validate(RetryRequest, data)
-        await ops.retry_music(req, requester=sid, on_accepted=accepted(sid, "retry_music_received"))
+        await ops.retry_music(req, caller=await caller(sid), on_accepted=accepted(sid, "retry_music_received"))
 
     @on("transform_audio_request")
     async def transform_audio_request(sid: str, data: Any) -> None:
         req = validate(TransformRequest, data)
-        await ops.transform(req, created_from="jerry_transform", requester=sid,
+        await ops.transform(req, created_from="jerry_transform", caller=await caller(sid),
                             on_accepted=accepted(sid, "transform_audio_received"))
 
     @on("undo_transform_request")

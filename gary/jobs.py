@@ -39,6 +39,7 @@ class Job:
     type: JobType
     params: dict[str, Any]
     requester: str | None = None  # Socket.IO sid of the connection that asked (results also go there)
+    client_key: str | None = None  # the asking client's fairness key at the queue gateway
     state: JobState = "queued"
     error: str | None = None
     error_code: str | None = None

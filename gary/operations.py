@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import secrets
 import time
 import uuid
@@ -49,6 +50,22 @@ DEFAULT_TOP_K = 250
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_CFG = 3.0
 QUEUED_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the Socket.IO connection (results also go there) and a fairness key for the queue (per client)."""
+
+    sid: str | None = None
+    client_key: str | None = None
+
+
+NO_CALLER = Caller()
+
+
+def client_key(address: str | None) -> str | None:
+    """A stable, privacy-preserving id for one client address (the gateway round-robins between such keys)."""
+    return hashlib.sha256(address.encode()).hexdigest()[:16] if address else None
 
 
 @dataclass
@@ -136,10 +153,11 @@ class Operations:
             raise GaryError(ErrorCode.SESSION_NOT_FOUND, "Session not found")
         return session
 
-    async def _submit(self, session_id: str, job_type: JobType, params: dict[str, Any], requester: str | None,
+    async def _submit(self, session_id: str, job_type: JobType, params: dict[str, Any], caller: Caller,
                       on_accepted: OnAccepted | None) -> Accepted:
         """Called under the session lock after `ensure_idle`: new job, fresh poll state, join, enqueue."""
-        job = new_job(session_id, job_type, params, requester)
+        job = new_job(session_id, job_type, params, caller.sid)
+        job.client_key = caller.client_key
         await self.status.reset(session_id)  # pollers must never see the previous run's `completed`
         await self.jobs.save(job, make_current=True)
         await self.status.set_status(session_id, "queued", job_id=job.job_id)
@@ -156,7 +174,7 @@ class Operations:
         return Accepted(session_id, job)
 
     # --- generation -----------------------------------------------------------------------------------------
-    async def process_audio(self, req: ProcessAudioRequest, *, requester: str | None = None,
+    async def process_audio(self, req: ProcessAudioRequest, *, caller: Caller = NO_CALLER,
                             on_accepted: OnAccepted | None = None) -> Accepted:
         params = self.generation_params(req, req.model_name, req.prompt_duration)
         raw = await self.decode_checked(req.audio_data)
@@ -164,9 +182,9 @@ class Operations:
         async with self.session_lock(session_id):
             await self.store.upsert(session_id, self.session_fields(params))
             await self.store.put_audio(session_id, "initial_audio", raw)
-            return await self._submit(session_id, "process_audio", params, requester, on_accepted)
+            return await self._submit(session_id, "process_audio", params, caller, on_accepted)
 
-    async def continue_music(self, req: ContinueRequest, *, created_from: str, requester: str | None = None,
+    async def continue_music(self, req: ContinueRequest, *, created_from: str, caller: Caller = NO_CALLER,
                              on_accepted: OnAccepted | None = None,
                              no_session_message: str = "No session ID provided and no audio data to create session",
                              ) -> Accepted:
@@ -189,9 +207,9 @@ class Operations:
                                     created_from=None if session else created_from)
             if raw is not None:
                 await self.store.put_audio(session_id, "last_processed_audio", raw)
-            return await self._submit(session_id, "continue_music", params, requester, on_accepted)
+            return await self._submit(session_id, "continue_music", params, caller, on_accepted)
 
-    async def retry_music(self, req: RetryRequest, *, requester: str | None = None,
+    async def retry_music(self, req: RetryRequest, *, caller: Caller = NO_CALLER,
                           on_accepted: OnAccepted | None = None) -> Accepted:
         session = await self.require_session(req.session_id)
         model_name = req.model_name or session.get("model_name") or catalog.DEFAULT_MODEL
@@ -202,10 +220,10 @@ class Operations:
             if not await self.store.has_audio(req.session_id, "last_input_audio"):
                 raise GaryError(ErrorCode.BAD_REQUEST, "No last input audio available for retry")
             await self.store.upsert(req.session_id, self.session_fields(params))
-            return await self._submit(req.session_id, "retry_music", params, requester, on_accepted)
+            return await self._submit(req.session_id, "retry_music", params, caller, on_accepted)
 
     # --- transform / undo -------------------------------------------------------------------------------------
-    async def transform(self, req: TransformRequest, *, created_from: str | None = None, requester: str | None = None,
+    async def transform(self, req: TransformRequest, *, created_from: str | None = None, caller: Caller = NO_CALLER,
                         on_accepted: OnAccepted | None = None) -> Accepted:
         session = await self.store.get(req.session_id) if req.session_id else None
         if req.session_id and session is None and req.audio_data is None:
@@ -223,7 +241,7 @@ class Operations:
             if session is None:
                 await self.store.upsert(session_id, {}, created_from=created_from)
             await self.store.put_audio(session_id, "transform_input_audio", raw)
-            return await self._submit(session_id, "transform_audio", params, requester, on_accepted)
+            return await self._submit(session_id, "transform_audio", params, caller, on_accepted)
 
     async def undo(self, session_id: str) -> str:
         """last_input_audio -> last_processed_audio (undoes the last continue, retry or transform); returns base64."""

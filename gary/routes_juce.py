@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from garycommon.errors import ErrorCode, GaryError
 
 from .context import GaryContext
-from .operations import Accepted
+from .operations import Accepted, Caller, client_key
 from .payloads import (
     ContinueRequest,
     CropRequest,
@@ -30,6 +30,11 @@ router = APIRouter(prefix="/api/juce")
 
 def _ctx(request: Request) -> GaryContext:
     return request.app.state.gary
+
+
+def _caller(request: Request) -> Caller:
+    forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+    return Caller(None, client_key(forwarded or (request.client.host if request.client else None)))
 
 
 async def _body(request: Request) -> Any:
@@ -53,14 +58,14 @@ def _queued(acc: Accepted, message: str) -> dict[str, Any]:
 @router.post("/process_audio")
 async def process_audio(request: Request) -> dict[str, Any]:
     req = validate(ProcessAudioRequest, await _body(request))
-    acc = await _ctx(request).ops.process_audio(req)
+    acc = await _ctx(request).ops.process_audio(req, caller=_caller(request))
     return _queued(acc, "Audio processing queued")
 
 
 @router.post("/continue_music")
 async def continue_music(request: Request) -> dict[str, Any]:
     req = validate(ContinueRequest, await _body(request))
-    acc = await _ctx(request).ops.continue_music(req, created_from="juce_continue",
+    acc = await _ctx(request).ops.continue_music(req, created_from="juce_continue", caller=_caller(request),
                                                  no_session_message="Session ID required")
     return _queued(acc, "Music continuation queued")
 
@@ -68,14 +73,14 @@ async def continue_music(request: Request) -> dict[str, Any]:
 @router.post("/retry_music")
 async def retry_music(request: Request) -> dict[str, Any]:
     req = validate(RetryRequest, await _body(request))
-    acc = await _ctx(request).ops.retry_music(req)
+    acc = await _ctx(request).ops.retry_music(req, caller=_caller(request))
     return _queued(acc, "Music retry queued")
 
 
 @router.post("/transform_audio")
 async def transform_audio(request: Request) -> dict[str, Any]:
     req = validate(TransformRequest, await _body(request))
-    acc = await _ctx(request).ops.transform(req, created_from="juce_transform")
+    acc = await _ctx(request).ops.transform(req, created_from="juce_transform", caller=_caller(request))
     out = _queued(acc, "Audio transform queued")
     out["info"] = {"variation": req.variation, "flowstep": req.flowstep, "solver": req.solver or "euler"}
     return out

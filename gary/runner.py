@@ -71,7 +71,7 @@ class JobRunner:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.warmup_state: dict[str, dict[str, Any]] = {}
         self._running: dict[str, Job] = {}  # jobs running in this process, by id
-        self._warm: dict[str, tuple[contextlib.AsyncExitStack, Any]] = {}  # model -> its resident lease
+        self._warm_leases: dict[str, tuple[contextlib.AsyncExitStack, Any]] = {}  # model -> its resident lease
 
     # --- engine -----------------------------------------------------------------------------------------------
     def engine(self) -> Any:
@@ -160,6 +160,7 @@ class JobRunner:
                 self.warmup_state[model] = {"status": "loading"}
                 started = time.monotonic()
                 await self.in_gpu_thread(lambda: self.engine().preload(model))
+                await self._keep_warm()  # (with a gateway: a resident lease for it, else it is unloaded again)
             self.warmup_state[model] = {"status": "ready", "message": f"loaded in {time.monotonic() - started:.1f} s"}
         except Exception as exc:
             log.warning("warm-up of %s failed: %s", model, exc)
@@ -248,20 +249,20 @@ class JobRunner:
         leases never overcommit the card); a model whose lease is refused, lost or no longer needed is unloaded."""
         try:
             resident = set(await self.in_gpu_thread(lambda: self.engine().resident()))
-            for model, (stack, lease) in list(self._warm.items()):
+            for model, (stack, lease) in list(self._warm_leases.items()):
                 if model not in resident or getattr(lease, "lost", False):
-                    del self._warm[model]
+                    del self._warm_leases[model]
                     await stack.aclose()
                     if model in resident:
                         await self.in_gpu_thread(self.engine().unload, model)
                         resident.discard(model)
-            for model in resident - set(self._warm):
+            for model in resident - set(self._warm_leases):
                 lease_cm = self.dispatcher.resident_lease(model, self.engine().vram_mb(model))
                 if lease_cm is None:
                     continue
                 stack = contextlib.AsyncExitStack()
                 try:
-                    self._warm[model] = (stack, await stack.enter_async_context(lease_cm))
+                    self._warm_leases[model] = (stack, await stack.enter_async_context(lease_cm))
                 except GaryError as exc:
                     log.info("no resident lease for %s (%s): unloading it", model, exc.message)
                     await stack.aclose()
@@ -316,10 +317,10 @@ class JobRunner:
                                          job.requester)
 
     async def aclose(self) -> None:
-        for stack, _ in self._warm.values():
+        for stack, _ in self._warm_leases.values():
             with contextlib.suppress(Exception):
                 await stack.aclose()
-        self._warm.clear()
+        self._warm_leases.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -16,6 +16,8 @@ from conftest import LEASE_TTL, Gary
 from gary_helpers import MODEL, recorder, wav_b64
 from garycommon.queueclient import QueueClient
 
+from gary.operations import client_key
+
 
 @pytest.fixture(scope="module")
 def gary(make_gary: Any, gateway: str, terry_url: str) -> Gary:
@@ -95,6 +97,10 @@ async def test_queued_state_and_heartbeats(gary: Gary, gateway: str) -> None:
             body = await until(polled_queued)
             assert body["status"] == "queued" and body["generation_in_progress"] is True
             assert (await http.get(f"/api/juce/poll_status/{first}")).json()["status"] == "warming"
+            async with httpx.AsyncClient(base_url=gateway) as gw:
+                leases = (await gw.get("/queue")).json()["leases"]
+            # fairness: the gateway sees which client asked (a hash of its address), not just "gary"
+            assert [x["client"] for x in leases if x["session_id"] == first] == [f"open/{client_key('127.0.0.1')}"]
             await asyncio.sleep(LEASE_TTL * 1.5)  # longer than the lease: only heartbeats keep it
             assert (await gateway_task(gateway, first))["status"] in ("granted", "processing")
         release.set()
