@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import install_error_handlers
 from garycommon.settings import Settings, get_settings
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batcher import Batcher
 from .generation import Generator
@@ -63,19 +63,35 @@ def prepare_demo(settings: Settings) -> Settings:
     return settings
 
 
-class UploadCap(BaseHTTPMiddleware):
-    """Refuse bodies over the cap before reading them (Content-Length), so a huge upload costs nothing."""
+class UploadCap:
+    """Caps request bodies: a declared Content-Length over the cap is refused before a byte is read, and a chunked
+    body is cut off (413) as soon as it passes the cap, so no upload can fill memory or the spool disk."""
 
-    def __init__(self, app: FastAPI, max_bytes: int) -> None:
-        super().__init__(app)
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
         self.max_bytes = max_bytes
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.max_bytes:
-            err = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body is larger than {self.max_bytes // (1024 * 1024)} MiB")
-            return JSONResponse(error_body(err), status_code=413)
-        return await call_next(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body is larger than {self.max_bytes // (1024 * 1024)} MiB")
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse(error_body(too_large), status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large  # surfaces in the route and is answered by the GaryError handler
+            return message
+
+        await self.app(scope, capped_receive, send)
 
 
 async def hold_resident_lease(state: JerryState) -> None:

@@ -76,6 +76,8 @@ async def read_body(request: Request, *, allow: tuple[str, ...] = (JSON, MULTIPA
     if ctype in (MULTIPART, URLENCODED) and ctype in allow:
         try:
             form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+        except GaryError:
+            raise
         except Exception as exc:  # starlette raises its own parser errors: all mean a malformed body
             raise GaryError(ErrorCode.VALIDATION_ERROR, f"could not read the form body: {exc}") from None
         fields: dict[str, Any] = {}

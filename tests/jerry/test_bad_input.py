@@ -110,6 +110,15 @@ def test_upload_size_cap(http: httpx.Client, jerry) -> None:  # noqa: ANN001
         reply = sock.recv(4096).decode("latin-1")
     assert reply.startswith("HTTP/1.1 413"), reply
 
+    def chunks():  # noqa: ANN202 - a chunked body, no Content-Length: cut off once past the cap
+        boundary = b"--b\r\nContent-Disposition: form-data; name=\"audio_file\"; filename=\"a.wav\"\r\n\r\n"
+        yield boundary
+        for _ in range(2 * MAX_UPLOAD // 65536):
+            yield b"\0" * 65536
+
+    r = http.post("/generate/loop", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "larger than" in r.json()["error"], r.text
+
 
 def test_upload_too_long_in_time(http: httpx.Client, jerry) -> None:  # noqa: ANN001
     long_cap = jerry.settings.jerry_max_input_seconds
