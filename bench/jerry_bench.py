@@ -248,7 +248,7 @@ def profile(engine: Any, config: dict[str, Any], path: Path) -> None:
         else:
 
             def call(x=lat) -> Any:  # noqa: ANN001
-                return engine.net.pretransform.model.decode(x)
+                return engine.net.pretransform.model.decode(x, layout_2d=True)
         call()
         torch.cuda.synchronize()
         with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:

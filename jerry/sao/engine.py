@@ -320,7 +320,10 @@ class SAOEngine:
             return v
 
         latents = sample(velocity, x, rf_schedule(steps, sigma_max).to(dev), sampler, steps_noise, guidance, progress)
-        audio = self.decode_fn(latents).float().cpu()
+        audio = self.decode_fn(latents).float()
+        if audio.is_cuda:  # through pinned memory: a full-speed copy instead of a paged one
+            host = torch.empty(audio.shape, dtype=audio.dtype, pin_memory=True)
+            audio = host.copy_(audio)
         for i, job in enumerate(jobs):
             job.result = SAOResult(audio[i], job.seed)
 

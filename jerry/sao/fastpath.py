@@ -2,7 +2,8 @@
 
 The T5 forward (plain torch, `t5.py`), the DiT step and the VAE decoder are each replayed as CUDA graphs: at batch 1
 they are launch-bound (hundreds of small kernels per call). The decoder's snake activations are memory-bound (five
-passes over 100+ MB tensors each in eager mode); one compiled elementwise kernel per snake removes the extra passes.
+passes over 100+ MB tensors each in eager mode); one compiled kernel per snake (with the conv bias folded in)
+removes the extra passes.
 Graphs are captured lazily per shape and share one memory pool; `warmup` captures the batch-1 shapes at start-up.
 """
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .dit import run_block
-from .vae import set_snake_impl, snake_reference
+from .vae import KERNELS, bias_residual_reference, prepare_2d, snake_bias_reference, snake_reference
 
 if TYPE_CHECKING:
     from .engine import SAOEngine
@@ -51,7 +52,7 @@ class GraphRunner:
     def __init__(self, engine: SAOEngine) -> None:
         self.engine = engine
         self.dit = engine.net.model.model
-        self.decoder = engine.net.pretransform.model.decode
+        self.autoencoder = engine.net.pretransform.model
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()
         self.graphs: dict[tuple, _Graphed] = {}
@@ -75,7 +76,10 @@ class GraphRunner:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         key = ("decode", latents.shape[0])
-        return self._get(key, self.decoder, (latents,))(latents)
+        return self._get(key, self._decode_2d, (latents,))(latents)
+
+    def _decode_2d(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode(latents, layout_2d=True)
 
     def text(self, cid: str, forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
         @torch.no_grad()
@@ -90,7 +94,12 @@ def enable_fast_path(engine: SAOEngine, *, compile_dit: bool = True) -> None:
     if engine.device.type != "cuda":
         raise ValueError("the fast path needs a CUDA device")
     torch.backends.cudnn.benchmark = True  # the decoder's conv shapes never change: autotune them once
-    set_snake_impl(torch.compile(snake_reference, dynamic=True, fullgraph=True))
+    for name, fn in (("snake", snake_reference), ("snake_bias", snake_bias_reference),
+                     ("bias_residual", bias_residual_reference)):
+        setattr(KERNELS, name, torch.compile(fn, dynamic=True, fullgraph=True))
+    # cuDNN's fast 1-D conv kernels are channels-last: running the decoder as [B, C, 1, T] channels-last 2-D convs
+    # avoids a layout transpose before and after every convolution.
+    prepare_2d(engine.net.pretransform.model.decoder)
     if compile_dit:
         # Fuses the norms, rotary, GLU and residual adds of a block; layers share one compiled graph (their
         # parameters are graph inputs). A compile failure falls back to eager instead of failing requests.

@@ -18,17 +18,34 @@ from .config import OobleckConfig, VAEConfig
 
 
 def snake_reference(x: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
-    """x + 1/beta * sin(alpha x)^2 with alpha, 1/beta already exponentiated: [C, 1] each."""
+    """x + 1/beta * sin(alpha x)^2 with alpha, 1/beta already exponentiated and shaped to broadcast over x."""
     return x + inv_beta * torch.sin(x * alpha).pow(2)
 
 
-# The CUDA fast path swaps in a fused (compiled) version of the same function: one memory pass instead of five.
-_snake_impl: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = snake_reference
+def snake_bias_reference(y: torch.Tensor, bias: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
+    """snake(conv output + conv bias): the bias add and the activation in one pass."""
+    return snake_reference(y + bias, alpha, inv_beta)
 
 
-def set_snake_impl(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    global _snake_impl
-    _snake_impl = fn
+def bias_residual_reference(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Residual + (conv output + conv bias), in the original's order of additions."""
+    return x + (y + bias)
+
+
+class _Kernels:
+    """The elementwise steps of the VAE; the CUDA fast path swaps in compiled (single-pass) versions."""
+
+    snake: Callable[..., torch.Tensor] = staticmethod(snake_reference)
+    snake_bias: Callable[..., torch.Tensor] = staticmethod(snake_bias_reference)
+    bias_residual: Callable[..., torch.Tensor] = staticmethod(bias_residual_reference)
+
+
+KERNELS = _Kernels()
+
+
+def _channel_view(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[C] -> [C, 1] for [B, C, T] input or [C, 1, 1] for the [B, C, 1, T] (2-D, channels-last) layout."""
+    return v.view(-1, *([1] * (x.dim() - 2)))
 
 
 class Snake(nn.Module):
@@ -39,11 +56,51 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def coefficients(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # exp() in fp32 then cast, so low-precision activations see the same coefficients as fp32 ones.
-        alpha = self.alpha.float().exp().to(x.dtype)[:, None]
-        inv_beta = (1.0 / (self.beta.float().exp() + 1e-9)).to(x.dtype)[:, None]
-        return _snake_impl(x, alpha, inv_beta)
+        alpha = self.alpha.float().exp().to(x.dtype)
+        inv_beta = (1.0 / (self.beta.float().exp() + 1e-9)).to(x.dtype)
+        return _channel_view(alpha, x), _channel_view(inv_beta, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return KERNELS.snake(x, *self.coefficients(x))
+
+
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d that also accepts [B, C, 1, T] input (run as a 2-D conv, so cuDNN can stay channels-last)."""
+
+    def conv(self, x: torch.Tensor, with_bias: bool = True) -> torch.Tensor:
+        bias = self.bias if with_bias else None
+        if x.dim() == 4:
+            return F.conv2d(x, _weight_2d(self), bias, (1, self.stride[0]), (0, self.padding[0]), (1, self.dilation[0]))
+        return F.conv1d(x, self.weight, bias, self.stride, self.padding, self.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class ConvTranspose1d(nn.ConvTranspose1d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if x.dim() == 4:
+            return F.conv_transpose2d(x, _weight_2d(self), self.bias, (1, self.stride[0]), (0, self.padding[0]),
+                                      (0, self.output_padding[0]), 1, (1, self.dilation[0]))
+        return F.conv_transpose1d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding, 1,
+                                  self.dilation)
+
+
+def _weight_2d(conv: nn.Module) -> torch.Tensor:
+    """The conv weight as [O, I, 1, K] channels-last; `prepare_2d` caches it for the fast path's fixed weights."""
+    cached = getattr(conv, "weight_2d", None)
+    if cached is not None:
+        return cached
+    return conv.weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def prepare_2d(module: nn.Module) -> None:
+    """Cache channels-last 2-D copies of every conv weight (call after the weights are final)."""
+    for m in module.modules():
+        if isinstance(m, Conv1d | ConvTranspose1d):
+            m.weight_2d = m.weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
 def _act(channels: int, use_snake: bool) -> nn.Module:
@@ -55,13 +112,20 @@ class ResidualUnit(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             _act(channels, use_snake),
-            nn.Conv1d(channels, channels, 7, dilation=dilation, padding=3 * dilation),
+            Conv1d(channels, channels, 7, dilation=dilation, padding=3 * dilation),
             _act(channels, use_snake),
-            nn.Conv1d(channels, channels, 1),
+            Conv1d(channels, channels, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.layers(x)
+        act1, conv7, act2, conv1 = self.layers
+        if not isinstance(act2, Snake):
+            return x + self.layers(x)
+        # Bias adds ride along with the next elementwise step instead of costing a pass of their own.
+        h = conv7.conv(act1(x), with_bias=False)
+        h = KERNELS.snake_bias(h, _channel_view(conv7.bias, h), *act2.coefficients(h))
+        h = conv1.conv(h, with_bias=False)
+        return KERNELS.bias_residual(x, h, _channel_view(conv1.bias, h))
 
 
 class EncoderBlock(nn.Module):
@@ -70,7 +134,7 @@ class EncoderBlock(nn.Module):
         self.layers = nn.Sequential(
             ResidualUnit(cin, 1, use_snake), ResidualUnit(cin, 3, use_snake), ResidualUnit(cin, 9, use_snake),
             _act(cin, use_snake),
-            nn.Conv1d(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+            Conv1d(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +146,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             _act(cin, use_snake),
-            nn.ConvTranspose1d(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+            ConvTranspose1d(cin, cout, 2 * stride, stride=stride, padding=math.ceil(stride / 2)),
             ResidualUnit(cout, 1, use_snake), ResidualUnit(cout, 3, use_snake), ResidualUnit(cout, 9, use_snake),
         )
 
@@ -95,10 +159,10 @@ class OobleckEncoder(nn.Module):
         super().__init__()
         mults = [1, *cfg.c_mults]
         ch = cfg.channels
-        layers: list[nn.Module] = [nn.Conv1d(cfg.audio_channels, mults[0] * ch, 7, padding=3)]
+        layers: list[nn.Module] = [Conv1d(cfg.audio_channels, mults[0] * ch, 7, padding=3)]
         for i in range(len(mults) - 1):
             layers.append(EncoderBlock(mults[i] * ch, mults[i + 1] * ch, cfg.strides[i], cfg.use_snake))
-        layers += [_act(mults[-1] * ch, cfg.use_snake), nn.Conv1d(mults[-1] * ch, cfg.latent_dim, 3, padding=1)]
+        layers += [_act(mults[-1] * ch, cfg.use_snake), Conv1d(mults[-1] * ch, cfg.latent_dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,12 +174,12 @@ class OobleckDecoder(nn.Module):
         super().__init__()
         mults = [1, *cfg.c_mults]
         ch = cfg.channels
-        layers: list[nn.Module] = [nn.Conv1d(cfg.latent_dim, mults[-1] * ch, 7, padding=3)]
+        layers: list[nn.Module] = [Conv1d(cfg.latent_dim, mults[-1] * ch, 7, padding=3)]
         for i in range(len(mults) - 1, 0, -1):
             layers.append(DecoderBlock(mults[i] * ch, mults[i - 1] * ch, cfg.strides[i - 1], cfg.use_snake))
         layers += [
             _act(mults[0] * ch, cfg.use_snake),
-            nn.Conv1d(mults[0] * ch, cfg.audio_channels, 7, padding=3, bias=False),
+            Conv1d(mults[0] * ch, cfg.audio_channels, 7, padding=3, bias=False),
             nn.Tanh() if cfg.final_tanh else nn.Identity(),
         ]
         self.layers = nn.Sequential(*layers)
@@ -144,8 +208,14 @@ class Autoencoder(nn.Module):
                 h = noise.to(mean) * (F.softplus(scale) + 1e-4) + mean
         return h / self.cfg.scale
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        audio = self.decoder((latents * self.cfg.scale).to(self.dtype))
+    def decode(self, latents: torch.Tensor, *, layout_2d: bool = False) -> torch.Tensor:
+        """[B, latent, T] -> [B, C, T * ratio]; `layout_2d` runs the decoder as channels-last 2-D convolutions."""
+        x = (latents * self.cfg.scale).to(self.dtype)
+        if layout_2d:
+            x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        audio = self.decoder(x)
+        if layout_2d:
+            audio = audio.squeeze(2).contiguous()
         if self.cfg.soft_clip:
             audio = torch.tanh(audio)
         return audio

@@ -81,3 +81,10 @@ def test_whole_generation_matches(reference: Any, engine: SAOEngine, case: dict[
     assert got.seed == 1234 and got.audio.shape == (2, SAMPLE_SIZE)
     assert want.abs().max() > 0.01
     torch.testing.assert_close(got.audio, want, atol=1e-5, rtol=1e-4)
+
+
+def test_channels_last_2d_decoder_layout_is_the_same_function(engine: SAOEngine) -> None:
+    """The fast path's [B, C, 1, T] channels-last decoder computes what the 1-D one does."""
+    z = torch.randn(2, 8, FRAMES, generator=torch.Generator().manual_seed(4))
+    vae = engine.net.pretransform.model
+    torch.testing.assert_close(vae.decode(z, layout_2d=True), vae.decode(z), atol=1e-5, rtol=1e-5)
