@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from garycommon.errors import ErrorCode, GaryError, ModelLoadError
 from .checkpoint import COMPRESSION_FILE, LM_FILE, compression_config, config_dict, lm_config, load_pickle
 from .conditioning import TextCondition, TextConditioner
 from .encodec import Encodec, StereoInterleaved, build_compression
-from .generate import Job, generate_eager
+from .generate import Job, Progress, generate_eager
 from .lm import MusicGenLM, build_lm
 from .sampling import token_keys
 from .types import GenerationRequest, GenerationResult
@@ -22,6 +23,22 @@ from .types import GenerationRequest, GenerationResult
 log = logging.getLogger(__name__)
 
 T5Provider = Callable[[str], tuple[object, torch.nn.Module]]
+MAX_DURATION_S = 300.0  # longest output accepted (generated window by window past the model's own length)
+EXTEND_STRIDE = 0.6  # audiocraft's extend_stride (18 s) as a fraction of its 30 s window
+
+
+def extension_plan(duration: float, window_s: float, stride_s: float, frame_rate: int,
+                   prompt_frames: int) -> list[tuple[int, int]]:
+    """(prompt frames, frames) of each window of audiocraft's long generation, with its float arithmetic."""
+    total = int(duration * frame_rate)
+    stride = int(frame_rate * stride_s)
+    plan: list[tuple[int, int]] = []
+    offset, plen = 0, prompt_frames
+    while offset + plen < total:
+        frames = int(min(duration - offset / frame_rate, window_s) * frame_rate)
+        plan.append((plen, frames))
+        plen, offset = frames - stride, offset + stride
+    return plan
 
 
 def convert_channels(wav: torch.Tensor, channels: int) -> torch.Tensor:
@@ -97,15 +114,16 @@ class MusicGenModel:
 
     def to_job(self, req: GenerationRequest) -> tuple[Job, int]:
         frames = int(req.duration * self.frame_rate)
-        if frames <= 0 or req.duration > self.max_duration:
+        if frames <= 0 or req.duration > MAX_DURATION_S:
             raise GaryError(ErrorCode.VALIDATION_ERROR,
-                            f"duration must be in (0, {self.max_duration:g}] s for {self.name}, got {req.duration:g}")
+                            f"duration must be in (0, {MAX_DURATION_S:g}] s, got {req.duration:g}")
         if req.prompt is not None:
             codes = self.encode_prompt(req.prompt, req.prompt_sr)
-            if codes.shape[-1] >= frames:
+            window = min(req.duration, self.max_duration)
+            if codes.shape[-1] >= int(window * self.frame_rate):
                 raise GaryError(ErrorCode.VALIDATION_ERROR,
                                 f"prompt ({codes.shape[-1] / self.frame_rate:.2f} s) must be shorter than the "
-                                f"duration ({req.duration:g} s)")
+                                f"duration and the model's {self.max_duration:g} s window ({window:g} s)")
         else:
             codes = torch.zeros(self.lm.cfg.n_q, 0, dtype=torch.long, device=self.device)
         seed = req.seed if req.seed is not None else secrets.randbits(63)
@@ -117,17 +135,47 @@ class MusicGenModel:
                   float(req.cfg_coef), int(seed))
         return job, int(seed)
 
+    def _run(self, jobs: list[Job], progress: Progress | None) -> list[torch.Tensor]:
+        if self.fast is not None:
+            return self.fast.generate(jobs, progress)
+        return generate_eager(self.lm, jobs, self.dtype, self.keys, progress)
+
     @torch.no_grad()
     def generate(self, requests: list[GenerationRequest],
                  progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
+        """Requests within the model's window run as one batch; longer ones are extended window by window after."""
         prepared = [self.to_job(r) for r in requests]
-        jobs = [j for j, _ in prepared]
-        if self.fast is not None:
-            codes = self.fast.generate(jobs, progress)
-        else:
-            codes = generate_eager(self.lm, jobs, self.dtype, self.keys, progress)
-        return [GenerationResult(audio, self.sample_rate, seed)
-                for audio, (_, seed) in zip(self.decode(codes), prepared, strict=True)]
+        window = int(self.max_duration * self.frame_rate)
+        short = [i for i, (j, _) in enumerate(prepared) if j.frames <= window]
+        codes: dict[int, torch.Tensor] = {}
+        if short:
+            codes.update(zip(short, self._run([prepared[i][0] for i in short], progress), strict=True))
+        for i, req in enumerate(requests):
+            if i not in codes:
+                codes[i] = self._extend(prepared[i][0], req.duration, progress)
+        audio = self.decode([codes[i] for i in range(len(requests))])
+        return [GenerationResult(a, self.sample_rate, seed) for a, (_, seed) in zip(audio, prepared, strict=True)]
+
+    def _extend(self, job: Job, duration: float, progress: Progress | None) -> torch.Tensor:
+        """audiocraft's long generation: windows of the model's length, each continuing the last (window - stride)
+        seconds of the previous one, the stride being 18 s for 30 s models (kept proportional for others)."""
+        plan = extension_plan(duration, self.max_duration, EXTEND_STRIDE * self.max_duration, self.frame_rate,
+                              job.prompt.shape[-1])
+        delay = self.lm.cfg.max_delay
+        total = sum(frames + delay - plen for plen, frames in plan)
+        done = 0
+        stride = int(self.frame_rate * EXTEND_STRIDE * self.max_duration)
+        prompt = job.prompt
+        pieces = [prompt] if prompt.shape[-1] else []
+        for w, (_, frames) in enumerate(plan):
+            seed = (job.seed + w * 0x9E3779B97F4A7C15) & ((1 << 63) - 1)  # fresh noise per window
+            sub = dataclasses.replace(job, prompt=prompt, frames=frames, seed=seed)
+            report = None if progress is None else (lambda s, _t, base=done: progress(base + s, total))
+            out = self._run([sub], report)[0]
+            pieces.append(out[:, prompt.shape[-1]:])  # the window's own prompt is already in `pieces`
+            done += frames + delay - prompt.shape[-1]
+            prompt = out[:, stride:]
+        return torch.cat(pieces, dim=-1)
 
     @torch.no_grad()
     def decode(self, codes: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -77,10 +77,11 @@ def load_reference(folder: Path, settings: Settings, device: torch.device | str)
 
 def reference_generate(model: Any, prompt: torch.Tensor | None, prompt_sr: int, descriptions: list[str | None],
                        *, duration: float, top_k: int, top_p: float, temperature: float, cfg_coef: float, seed: int,
-                       progress: Callable[[int, int], None] | None = None, return_tokens: bool = False) -> Any:
+                       progress: Callable[[int, int], None] | None = None, return_tokens: bool = False,
+                       extend_stride: float = 18.0) -> Any:
     """One audiocraft call (batched over `descriptions`), seeded with torch's global RNG as audiocraft expects."""
     model.set_generation_params(use_sampling=True, top_k=top_k, top_p=top_p, temperature=temperature,
-                                duration=duration, cfg_coef=cfg_coef)
+                                duration=duration, cfg_coef=cfg_coef, extend_stride=extend_stride)
     model.set_custom_progress_callback(progress)
     torch.manual_seed(seed)
     with torch.no_grad():

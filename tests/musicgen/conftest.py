@@ -11,10 +11,11 @@ import torch
 from garycommon.settings import Settings
 from garycommon.textenc import write_tiny_t5
 
-from gary.musicgen.demo import write_demo_checkpoint
+from gary.musicgen.demo import compression_xp_cfg, lm_xp_cfg, save_checkpoint, write_demo_checkpoint
 
 MONO = "testowner/tiny-mono"
 STEREO = "testowner/tiny-stereo"
+SHORT_WINDOW = "testowner/tiny-19s"  # a 19 s window (audiocraft needs > 18 s) with one layer: cheap long runs
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -29,6 +30,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_tiny_t5(root / "t5-base")
     write_demo_checkpoint(root / MONO, size="small", seed=3)
     write_demo_checkpoint(root / STEREO, size="small", stereo=True, seed=4)
+    save_checkpoint(root / SHORT_WINDOW, lm_xp_cfg(dim=16, num_heads=2, num_layers=1, segment_duration=19.0),
+                    compression_xp_cfg(), seed=5)
     return root
 
 

@@ -12,6 +12,7 @@ from gary.musicgen.reference import reference_generate
 
 MONO = "testowner/tiny-mono"  # written by conftest.models_dir
 STEREO = "testowner/tiny-stereo"
+SHORT_WINDOW = "testowner/tiny-19s"
 
 pytestmark = pytest.mark.parity
 
@@ -117,3 +118,24 @@ def test_audiocraft_backend_through_the_engine_matches_native(settings) -> None:
     assert ref.seed == native.seed == 4 and ref.sample_rate == native.sample_rate == 32000
     assert ref.audio.shape == native.audio.shape == (1, 38400)
     assert (ref.audio - native.audio).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize(("prompt_s", "duration"), [(0.5, 24.0), (None, 20.0)])
+def test_long_generation_extends_like_audiocraft(engine, reference, prompt_s, duration) -> None:  # noqa: ANN001
+    """Past the model's window (19 s here, 30 s for the published models) audiocraft continues window by window with
+    an 18/30 stride; greedy tokens and output length must match its extension exactly."""
+    ours, ref = engine.model(SHORT_WINDOW), reference(SHORT_WINDOW)
+    prompt = _wav(1, prompt_s, seed=3) if prompt_s else None
+    ref_audio, ref_tokens = reference_generate(
+        ref, prompt, 32000, ["slow dub techno"], duration=duration, top_k=1, top_p=0.0, temperature=1.0,
+        cfg_coef=3.0, seed=0, return_tokens=True, extend_stride=0.6 * 19.0)
+    seen: list[tuple[int, int]] = []
+    req = GenerationRequest(SHORT_WINDOW, prompt[0] if prompt is not None else None, 32000, duration=duration,
+                            description="slow dub techno", top_k=1, seed=1)
+    job, _ = ours.to_job(req)
+    codes = ours._extend(job, duration, lambda s, t: seen.append((s, t)))
+    assert torch.equal(codes, ref_tokens[0])
+    out = engine.generate([req])[0]
+    assert out.audio.shape == ref_audio[0].shape == (1, int(duration * 50) * 640)
+    steps = [s for s, _ in seen]
+    assert steps == sorted(steps) and seen[-1][0] == seen[-1][1]
