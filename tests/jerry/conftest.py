@@ -1,73 +1,16 @@
-"""A real jerry server (uvicorn on a free port, in a thread of the test process) serving the demo model, which is
-written in the published SAO-small layout and loaded through the production loading code."""
+"""jerry test fixtures: the real queue gateway, one jerry server for the session, an HTTP client."""
 
 from __future__ import annotations
 
-import io
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
-import soundfile as sf
 import uvicorn
-from garycommon.settings import MiB, Settings
-
-from jerry.app import create_app
-
-MAX_UPLOAD = 2 * MiB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class JerryServer:
-    url: str
-    app: object
-    settings: Settings
-
-    @property
-    def state(self):  # noqa: ANN201 - jerry.state.JerryState
-        return self.app.state.jerry
-
-
-def jerry_settings(root: Path, **extra: object) -> Settings:
-    fields: dict[str, object] = {"data_dir": root / "data", "local_models_dir": root / "models",
-                                 "jerry_riffs_dir": root / "riffs", "demo_models": True, "queue_url": "", "device": "cpu",
-                                 "max_audio_bytes": MAX_UPLOAD, "api_keys": []}
-    return Settings(**{**fields, **extra})
-
-
-def start_server(settings: Settings, *, expect: int = 200) -> tuple[JerryServer, uvicorn.Server, threading.Thread]:
-    """Serve `settings` on a free port; returns once /health answers `expect` (200 ready, 503 failed to load)."""
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.get(f"{url}/health", timeout=2)
-            if r.status_code == expect and r.json()["status"] != "loading":
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        server.should_exit = True
-        raise RuntimeError(f"jerry /health did not answer {expect}")
-    return JerryServer(url, app, app.state.jerry.settings), server, thread
+from garycommon.settings import Settings
+from jerry_helpers import JerryServer, free_port, jerry_settings, start_server
 
 
 @pytest.fixture(scope="session")
@@ -107,27 +50,3 @@ def http(jerry: JerryServer) -> Iterator[httpx.Client]:
         yield client
 
 
-def wav_bytes(seconds: float = 2.0, sr: int = 44100, channels: int = 2, freq: float = 220.0, fmt: str = "WAV",
-              subtype: str = "PCM_16") -> bytes:
-    """A test tone file (stereo channels differ, so a mono down-mix would be visible)."""
-    t = np.arange(int(seconds * sr)) / sr
-    chans = [0.4 * np.sin(2 * np.pi * freq * (1 + 0.5 * c) * t) for c in range(channels)]
-    buf = io.BytesIO()
-    sf.write(buf, np.stack(chans, axis=1).astype(np.float32), sr, format=fmt, subtype=subtype)
-    return buf.getvalue()
-
-
-def read_wav(data: bytes) -> tuple[sf._SoundFileInfo, np.ndarray]:
-    info = sf.info(io.BytesIO(data))
-    audio, _ = sf.read(io.BytesIO(data), dtype="int16", always_2d=True)
-    return info, audio
-
-
-def assert_jerry_wav(data: bytes, samples: int | None = None) -> np.ndarray:
-    """44.1 kHz, stereo, 16-bit PCM (and exactly `samples` long when given)."""
-    assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
-    info, audio = read_wav(data)
-    assert (info.samplerate, info.channels, info.subtype) == (44100, 2, "PCM_16")
-    if samples is not None:
-        assert info.frames == samples
-    return audio

@@ -6,7 +6,7 @@ import socket
 
 import httpx
 import pytest
-from conftest import MAX_UPLOAD, wav_bytes
+from jerry_helpers import MAX_UPLOAD, wav_bytes
 
 WAV = ("in.wav", wav_bytes(1.0), "audio/wav")
 

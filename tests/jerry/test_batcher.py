@@ -7,8 +7,8 @@ import asyncio
 import time
 
 import pytest
-from conftest import JerryServer
 from garycommon.errors import GaryError
+from jerry_helpers import JerryServer
 
 from jerry.batcher import Batcher
 from jerry.sao import SAORequest

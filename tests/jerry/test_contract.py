@@ -6,7 +6,7 @@ import base64
 
 import httpx
 import pytest
-from conftest import JerryServer, assert_jerry_wav, wav_bytes
+from jerry_helpers import JerryServer, assert_jerry_wav, wav_bytes
 
 SR = 44100
 WINDOW = 524288

@@ -8,7 +8,7 @@ import json
 
 import httpx
 import numpy as np
-from conftest import JerryServer, read_wav
+from jerry_helpers import JerryServer, read_wav
 
 from jerry.sao.demo import write_demo_checkpoint
 

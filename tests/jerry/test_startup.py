@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import JerryServer, free_port, jerry_settings, start_server
+from jerry_helpers import JerryServer, free_port, jerry_settings, start_server
 
 import jerry.models as jerry_models
 from jerry.sao.demo import write_demo_checkpoint
