@@ -86,7 +86,13 @@ class MusicGenEngine:
         if name not in self._t5:
             from garycommon.textenc import load_t5
 
-            self._t5[name] = load_t5(name, self.settings, self.device, torch.float32)
+            source = name
+            if self.settings.demo_models:  # demo T5 sits beside the demo checkpoints (DATA_DIR/models by default)
+                from .demo import demo_root
+
+                if (demo_root(self.settings) / name).is_dir():
+                    source = str(demo_root(self.settings) / name)
+            self._t5[name] = load_t5(source, self.settings, self.device, torch.float32)
         return self._t5[name]
 
     def _load(self, name: str) -> Any:

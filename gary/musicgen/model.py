@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +18,6 @@ from .generate import Job, Progress, generate_eager
 from .lm import MusicGenLM, build_lm
 from .sampling import token_keys
 from .types import GenerationRequest, GenerationResult
-
-log = logging.getLogger(__name__)
 
 T5Provider = Callable[[str], tuple[object, torch.nn.Module]]
 MAX_DURATION_S = 300.0  # longest output accepted (generated window by window past the model's own length)

@@ -4,6 +4,7 @@ xformers wheel exists, gary.musicgen.reference registers a minimal stand-in (see
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,13 @@ STEREO = "testowner/tiny-stereo"
 SHORT_WINDOW = "testowner/tiny-19s"  # a 19 s window (audiocraft needs > 18 s) with one layer: cheap long runs
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_thread() -> None:
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
     # The CI box has 2 cores shared by many test processes: intra-op threads only add contention for tiny models.
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

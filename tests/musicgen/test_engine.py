@@ -162,11 +162,13 @@ def test_lru_residency_and_unload(settings: Settings) -> None:
 
 
 def test_demo_mode_serves_any_allowed_name(tmp_path: Path) -> None:
-    settings = Settings(local_models_dir=tmp_path, demo_models=True)
+    """Demo mode without LOCAL_MODELS_DIR: tiny checkpoints and T5 go to DATA_DIR/models and load from there."""
+    settings = Settings(data_dir=tmp_path, demo_models=True, hf_home=tmp_path / "hf")
     engine = MusicGenEngine(settings, torch.device("cpu"))
-    out = engine.generate([GenerationRequest("thepatch/bleeps-medium", _prompt(0.2, 1), 44100, duration=0.4, seed=3)])
+    out = engine.generate([GenerationRequest("thepatch/bleeps-medium", _prompt(0.2, 1), 44100, duration=0.4, seed=3,
+                                             description="bleeps")])
     assert out[0].audio.shape == (1, 12800)
-    assert (tmp_path / "thepatch" / "bleeps-medium" / LM_FILE).exists()
+    assert (tmp_path / "models" / "thepatch" / "bleeps-medium" / LM_FILE).exists()
     with pytest.raises(GaryError) as err:  # demo mode still only accepts owner/name ids of allowed owners
         engine.preload("../../escape")
     assert err.value.code == ErrorCode.MODEL_NOT_ALLOWED
