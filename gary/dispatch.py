@@ -36,7 +36,7 @@ class Dispatcher(Protocol):
     async def heartbeat(self, job: Job) -> None: ...
     async def queued_alive(self, job: Job) -> bool: ...
     async def live_status(self, job: Job) -> dict[str, Any] | None: ...
-    def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]: ...
+    def gpu_slot(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any]: ...
     def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None: ...
     async def aclose(self) -> None: ...
 
@@ -89,9 +89,9 @@ class GatewayDispatcher:
         payload["source"] = "go_service_direct"
         return payload
 
-    def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]:
+    def gpu_slot(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
         """A VRAM lease for work outside a task (warm-up), so it never overlaps what the gateway scheduled."""
-        return self.client.lease(model, lane=GENERATION_LANE, owner="gary-warmup", vram_mb=self.vram_for(model))
+        return self.client.lease(model, lane=GENERATION_LANE, owner="gary-warmup", vram_mb=vram_mb)
 
     def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None:
         """Accounts for weights kept loaded between jobs, on gary's own uncapped lane (never behind a task)."""
@@ -154,7 +154,7 @@ class SoloDispatcher:
     async def live_status(self, job: Job) -> dict[str, Any] | None:
         return None
 
-    def gpu_slot(self, model: str) -> contextlib.AbstractAsyncContextManager[Any]:
+    def gpu_slot(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any]:
         """The GPU worker thread already serialises everything in solo mode."""
         return contextlib.nullcontext()
 

@@ -156,7 +156,8 @@ class JobRunner:
 
     async def _warm(self, model: str) -> None:
         try:
-            async with self.dispatcher.gpu_slot(model):
+            vram = await asyncio.to_thread(lambda: self.engine().vram_mb(model))
+            async with self.dispatcher.gpu_slot(model, vram):
                 self.warmup_state[model] = {"status": "loading"}
                 started = time.monotonic()
                 await self.in_gpu_thread(lambda: self.engine().preload(model))
@@ -247,17 +248,20 @@ class JobRunner:
     async def _keep_warm(self) -> None:
         """With a gateway, every model the engine keeps loaded between jobs holds a resident lease (so other services'
         leases never overcommit the card); a model whose lease is refused, lost or no longer needed is unloaded."""
+        # Engine calls go to a plain thread, not the GPU worker: that may be busy with the next job for a while, and
+        # the task's lease must not be held that long. (The engine's own lock makes these calls safe.)
         try:
-            resident = set(await self.in_gpu_thread(lambda: self.engine().resident()))
+            engine = await asyncio.to_thread(self.engine)
+            resident = set(await asyncio.to_thread(engine.resident))
             for model, (stack, lease) in list(self._warm_leases.items()):
                 if model not in resident or getattr(lease, "lost", False):
                     del self._warm_leases[model]
                     await stack.aclose()
                     if model in resident:
-                        await self.in_gpu_thread(self.engine().unload, model)
+                        await asyncio.to_thread(engine.unload, model)
                         resident.discard(model)
             for model in resident - set(self._warm_leases):
-                lease_cm = self.dispatcher.resident_lease(model, self.engine().vram_mb(model))
+                lease_cm = self.dispatcher.resident_lease(model, await asyncio.to_thread(engine.vram_mb, model))
                 if lease_cm is None:
                     continue
                 stack = contextlib.AsyncExitStack()
@@ -266,7 +270,7 @@ class JobRunner:
                 except GaryError as exc:
                     log.info("no resident lease for %s (%s): unloading it", model, exc.message)
                     await stack.aclose()
-                    await self.in_gpu_thread(self.engine().unload, model)
+                    await asyncio.to_thread(engine.unload, model)
         except Exception:
             log.exception("keeping models warm failed")
 
