@@ -10,6 +10,7 @@ import asyncio
 import base64
 import gc
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,10 @@ router = APIRouter(dependencies=[Depends(_require_key)])
 
 
 # -- body reading ---------------------------------------------------------------------------------------------------
+@dataclass
 class Body:
-    def __init__(self, fields: dict[str, Any], files: dict[str, UploadFile], kind: str) -> None:
-        self.fields = fields
-        self.files = files
-        self.kind = kind
+    fields: dict[str, Any]
+    files: dict[str, UploadFile]
 
 
 async def read_body(request: Request, *, allow: tuple[str, ...] = (JSON, MULTIPART, URLENCODED)) -> Body:
@@ -72,7 +72,7 @@ async def read_body(request: Request, *, allow: tuple[str, ...] = (JSON, MULTIPA
             raise GaryError(ErrorCode.VALIDATION_ERROR, f"body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise GaryError(ErrorCode.VALIDATION_ERROR, "JSON body required")
-        return Body(data, {}, JSON)
+        return Body(data, {})
     if ctype in (MULTIPART, URLENCODED) and ctype in allow:
         try:
             form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
@@ -87,9 +87,9 @@ async def read_body(request: Request, *, allow: tuple[str, ...] = (JSON, MULTIPA
                 files[name] = value
             else:
                 fields[name] = value
-        return Body(fields, files, ctype)
+        return Body(fields, files)
     if not ctype and not await request.body():
-        return Body({}, {}, "")
+        return Body({}, {})
     expected = " or ".join(allow)
     raise GaryError(ErrorCode.VALIDATION_ERROR, f"Unsupported Content-Type {ctype or '(none)'}; send {expected}",
                     http_status=415)
@@ -307,7 +307,9 @@ async def models_status(request: Request) -> dict[str, Any]:
     return {"cache_status": state.registry.cache_status(),
             "model_details": {k: e.describe(device) for k, e in state.registry.entries().items()},
             "max_models": state.settings.jerry_max_models, "cuda_available": torch.cuda.is_available(),
-            "state": state.registry.state}
+            "state": state.registry.state,
+            "batching": {"engine_calls": state.batcher.batches_run, "largest_batch": state.batcher.largest_batch,
+                         "waiting": state.batcher.pending(), "max_batch": state.settings.jerry_max_batch}}
 
 
 @router.get("/models/prompts", summary="Prompt suggestions of the selected model (prompts.json of a fine-tune)")

@@ -61,9 +61,11 @@ async def test_concurrent_requests_are_batched_and_keep_their_seeds(jerry: Jerry
         alone = [_audio(await client.post("/generate", json={**body, "seed": s})) for s in (1, 2)]
         batches_before = jerry.state.batcher.batches_run
         replies = await asyncio.gather(*[client.post("/generate", json={**body, "seed": s}) for s in (1, 2, 3, 4)])
+        batching = (await client.get("/models/status")).json()["batching"]
     together = [_audio(r) for r in replies]
     assert jerry.state.batcher.batches_run - batches_before < 4, "concurrent requests shared engine calls"
     assert jerry.state.batcher.largest_batch >= 2
+    assert batching["largest_batch"] >= 2 and batching["waiting"] == 0
     for solo, batched in zip(alone, together[:2], strict=True):
         # same seed -> same audio under load (float batching may move a sample by an LSB or so)
         assert np.abs(solo.astype(np.int32) - batched.astype(np.int32)).max() <= 8
