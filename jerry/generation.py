@@ -127,9 +127,10 @@ class Generator:
         shaped = shape_for_loop_type(prompt, req.loop_type, req.negative_prompt)
         init = await self._upload(audio_file, entry) if audio_file is not None else None
         seed = pick_seed(req.seed)
+        sampler = default_sampler(entry, req.sampler_type)
         audio, took = await self._run(
             entry, prompt=shaped.prompt, negative_prompt=shaped.negative_prompt, seconds_total=plan.seconds,
-            steps=req.steps, cfg_scale=req.cfg_scale, seed=seed, sampler_type=default_sampler(entry, req.sampler_type),
+            steps=req.steps, cfg_scale=req.cfg_scale, seed=seed, sampler_type=sampler,
             init_audio=init, init_noise_level=req.style_strength if init is not None else None,
         )
         normalize = self._normalize(req.normalize)
@@ -139,8 +140,8 @@ class Generator:
             "loop_type": req.loop_type, **_loop_meta(plan),
             "available_audio_seconds": round(entry.window_seconds, 2),
             "style_transfer": init is not None, "style_strength": req.style_strength if init is not None else None,
-            "model_type": req.model_type, "steps": req.steps, "cfg_scale": req.cfg_scale, "seed": seed,
-            "normalized": normalize, **self._base_meta(entry, took),
+            "model_type": req.model_type, "steps": req.steps, "cfg_scale": req.cfg_scale, "sampler_type": sampler,
+            "seed": seed, "normalized": normalize, **self._base_meta(entry, took),
         }
         name = f"loop_{_safe(req.loop_type)}_{plan.bpm}bpm_{plan.bars}bars_{seed}.wav"
         return Rendered(wav, name, meta)

@@ -93,6 +93,17 @@ def test_loop_guided_respects_cfg_loop_type_and_masks(http: httpx.Client) -> Non
     assert not np.array_equal(unguided, outputs["fade"])
 
 
+def test_loop_sampler_follows_the_model_or_the_request(http: httpx.Client) -> None:
+    """§6.2: /loop picked its sampler from an empty config; now the model's objective (pingpong for rf_denoiser) or
+    the client's choice decides."""
+    form = {"prompt": "garage 130bpm", "steps": "3", "seed": "8", "return_format": "base64", "bars": "1"}
+    default = http.post("/generate/loop", data=form)
+    euler = http.post("/generate/loop", data={**form, "sampler_type": "euler"})
+    assert default.json()["metadata"]["sampler_type"] == "pingpong"
+    assert euler.json()["metadata"]["sampler_type"] == "euler"
+    assert not np.array_equal(_audio(default), _audio(euler))
+
+
 def test_loop_guided_file_reply(http: httpx.Client) -> None:
     r = http.post("/generate/loop-guided", data={"prompt": "dub 90bpm", "steps": "2"}, files={"audio_file": WAV})
     assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
