@@ -204,11 +204,14 @@ class SAOEngine:
             raise ticket.error
         return [job.result for job in ticket.jobs if job.result is not None]
 
-    def warmup(self) -> None:
-        """Short generations with and without CFG: on the fast path they compile the fused kernels, autotune the
-        convolutions and capture the batch-1 CUDA graphs, so the first client does not pay for it."""
-        self.generate([SAORequest(prompt="warm-up", steps=2, seed=0)])
-        self.generate([SAORequest(prompt="warm-up", steps=2, seed=0, cfg_scale=6.0, negative_prompt="noise")])
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Short generations with and without CFG per batch size: on the fast path they compile the fused kernels,
+        autotune the convolutions and capture the CUDA graphs of those shapes, so no client pays for it (a batch
+        size first seen later is captured on first use, which costs that request a few seconds)."""
+        for size in batch_sizes:
+            self.generate([SAORequest(prompt="warm-up", steps=2, seed=i) for i in range(size)])
+            self.generate([SAORequest(prompt="warm-up", steps=2, seed=i, cfg_scale=6.0, negative_prompt="noise")
+                           for i in range(size)])
 
     # ------------------------------------------------------------------ batching
     def _prepare(self, req: SAORequest) -> _Job:

@@ -104,6 +104,8 @@ def enable_fast_path(engine: SAOEngine, *, compile_dit: bool = True) -> None:
         # Fuses the norms, rotary, GLU and residual adds of a block; layers share one compiled graph (their
         # parameters are graph inputs). A compile failure falls back to eager instead of failing requests.
         torch._dynamo.config.suppress_errors = True
+        # One compiled variant per row count (1..2 x max_batch): keep them all instead of falling back to eager.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * engine.max_batch + 8)
         engine.net.model.model.block_fn = torch.compile(run_block, dynamic=False)
     runner = GraphRunner(engine)
     engine.dit_fn = runner.dit_step
