@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     gary_heartbeat_seconds: float = Field(
         5.0, gt=0, description="gary: how often a running job heartbeats its queue task and its job record"
     )
+    gary_max_batch: int = Field(
+        4, ge=1, le=64, description="gary: most generations sharing one engine call (solo mode also runs this many at once)"
+    )
 
     terry_model: str = Field("facebook/melodyflow-t24-30secs", description="terry: MelodyFlow checkpoint (repo id or folder)")
     terry_preload: bool = Field(False, description="terry: load the model at start instead of on the first transform")

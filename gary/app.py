@@ -122,7 +122,8 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
         except Exception:
             return None  # the gateway derives a size from the model name
 
-    dispatcher: Dispatcher = GatewayDispatcher(settings, vram_for) if settings.queue_url else SoloDispatcher(notifier)
+    dispatcher: Dispatcher = (GatewayDispatcher(settings, vram_for) if settings.queue_url
+                              else SoloDispatcher(notifier, generation_slots=settings.gary_max_batch))
     runner = JobRunner(settings, store, jobs, status, notifier, ProgressThrottle(redis), dispatcher, terry,
                        _engine_factory(settings))
     ops = Operations(settings, redis, store, jobs, status, dispatcher)

@@ -103,27 +103,31 @@ class GatewayDispatcher:
 
 
 class SoloDispatcher:
-    """No gateway: a FIFO per lane, each drained by one worker task (one GPU job at a time per lane)."""
+    """No gateway: a FIFO per lane, started in order; transforms one at a time, generations up to `generation_slots`
+    at once (they share gary's one GPU thread, batched into one engine call)."""
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, *, generation_slots: int = 1) -> None:
         self.notifier = notifier
-        self._queues: dict[str, asyncio.Queue[Job]] = {GENERATION_LANE: asyncio.Queue(), TRANSFORM_LANE: asyncio.Queue()}
-        self._waiting: dict[str, list[str]] = {GENERATION_LANE: [], TRANSFORM_LANE: []}
-        self._running: dict[str, str | None] = {GENERATION_LANE: None, TRANSFORM_LANE: None}
+        # Generations may run `generation_slots` at once: they still share the one GPU thread, batched together.
+        self._slots = {GENERATION_LANE: max(1, generation_slots), TRANSFORM_LANE: 1}
+        self._queues: dict[str, asyncio.Queue[Job]] = {lane: asyncio.Queue() for lane in self._slots}
+        self._waiting: dict[str, list[str]] = {lane: [] for lane in self._slots}
+        self._running: dict[str, set[str]] = {lane: set() for lane in self._slots}
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self, run: RunJob) -> None:
-        for lane in self._queues:
-            self._workers.append(asyncio.create_task(self._worker(lane, run), name=f"gary-solo-{lane}"))
+        for lane, slots in self._slots.items():
+            for n in range(slots):
+                self._workers.append(asyncio.create_task(self._worker(lane, run), name=f"gary-solo-{lane}-{n}"))
 
     async def submit(self, job: Job) -> None:
         lane = job.lane
         self._waiting[lane].append(job.job_id)
         await self._queues[lane].put(job)
-        if self._running[lane] is not None:
+        if len(self._running[lane]) + len(self._waiting[lane]) > self._slots[lane]:
             position = len(self._waiting[lane])
             await self.notifier.queue_status(queue_status_payload(job.session_id, "queued", {
-                "queued_tasks": position, "active_tasks": 1, "position": position,
+                "queued_tasks": position, "active_tasks": len(self._running[lane]), "position": position,
                 "estimated_wait_seconds": 30.0 * position}), job.requester)
 
     async def _worker(self, lane: str, run: RunJob) -> None:
@@ -131,15 +135,16 @@ class SoloDispatcher:
         while True:
             job = await queue.get()
             self._waiting[lane].remove(job.job_id)
-            self._running[lane] = job.job_id
+            self._running[lane].add(job.job_id)
             try:
                 await self.notifier.queue_status(queue_status_payload(job.session_id, "ready", {
-                    "queued_tasks": 0, "active_tasks": 1, "estimated_wait_seconds": 0}), job.requester)
+                    "queued_tasks": 0, "active_tasks": len(self._running[lane]), "estimated_wait_seconds": 0}),
+                    job.requester)
                 await run(job)
             except Exception:
                 log.exception("solo job %s crashed", job.job_id)
             finally:
-                self._running[lane] = None
+                self._running[lane].discard(job.job_id)
 
     async def report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
                      fencing_token: int | str | None = None) -> None:
@@ -149,7 +154,7 @@ class SoloDispatcher:
         """No lease to keep alive."""
 
     async def queued_alive(self, job: Job) -> bool:
-        return job.job_id in self._waiting[job.lane] or self._running[job.lane] == job.job_id
+        return job.job_id in self._waiting[job.lane] or job.job_id in self._running[job.lane]
 
     async def live_status(self, job: Job) -> dict[str, Any] | None:
         return None

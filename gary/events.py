@@ -184,7 +184,8 @@ def register(sio: socketio.AsyncServer, ctx: GaryContext) -> None:
             return
         raw = await ctx.store.get_audio(session_id, "last_processed_audio")
         if raw is not None:
-            payload = ctx.runner.result_payload(job, base64.b64encode(raw).decode("ascii"), {"redelivered": True})
+            payload = ctx.runner.result_payload(job, base64.b64encode(raw).decode("ascii"),
+                                                {**(job.result or {}), "redelivered": True})
             await sio.emit(job.result_event, payload, to=sid)
 
     @on("request_progress_status")

@@ -49,6 +49,7 @@ class Job:
     superseded: bool = False  # the session's audio changed after this job (crop/undo/restore): don't re-deliver it
     redelivered_to: list[str] = field(default_factory=list)
     seed: int | None = None
+    result: dict[str, Any] | None = None  # metadata of the finished result (re-sent with it by verify_session)
     ran_on: str | None = None  # "host:pid" of the gary process that ran it (several processes share one queue)
     lease_id: str | None = None  # the gateway lease granted with `ready`; terry runs under it instead of leasing again
     fencing_token: int | str | None = None

@@ -1,8 +1,9 @@
-"""The audio math around a MusicGen call (spec §3), blocking: run it in gary's GPU worker thread, never on the loop.
+"""The audio math around a MusicGen call (spec §3). CPU-bound and blocking: run it in a worker thread, never on the loop.
 
 * bang (`process_audio`): prompt = the FIRST `prompt_duration` seconds; output = `output_seconds` of audio (the
   re-synthesised prompt plus its continuation).
 * continue / retry: prompt = the LAST `prompt_duration` seconds; output = input minus that tail ++ the generation.
+* The engine call itself is batched across jobs by `gary.batcher`; this module only prepares and assembles.
 * Channels: the prompt keeps the input's channels (the engine down-mixes by averaging for mono models, where the
   original used the left channel); the output has the input's channel count (mono stays mono, stereo stays stereo) at
   the input's sample rate, for bang and continue alike.
@@ -10,8 +11,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,35 +69,46 @@ def decode_input(raw: bytes, max_bytes: int) -> Audio:
     return audio
 
 
-def generate(engine: Any, job_type: str, params: dict[str, Any], raw_input: bytes, *, max_bytes: int,
-             progress: Callable[[int, int], None] | None = None) -> GenerationOutput:
-    """Decode the stored input, prompt the engine, assemble and encode the result (blocking)."""
+@dataclass
+class Prepared:
+    """A decoded input and the engine request made from it (built off the GPU thread)."""
+
+    audio: Audio
+    request: Any  # gary.musicgen.GenerationRequest
+    job_type: str
+    prompt_duration: float
+
+
+def prepare(job_type: str, params: dict[str, Any], raw_input: bytes, *, max_bytes: int) -> Prepared:
+    """Decode the stored input and build the engine request: first (bang) or last (continue/retry) seconds."""
     from gary.musicgen import GenerationRequest
 
     audio = decode_input(raw_input, max_bytes)
     prompt_duration = float(params["prompt_duration"])
     bang = job_type == "process_audio"
-    description = params.get("description") or default_description(params["model_name"])
     request = GenerationRequest(
         model_name=params["model_name"],
         prompt=take_prompt(audio, prompt_duration, from_end=not bang),
         prompt_sr=audio.sample_rate,
         duration=float(params["output_seconds"]),
-        description=description,
+        description=params.get("description") or default_description(params["model_name"]),
         top_k=int(params["top_k"]),
         temperature=float(params["temperature"]),
         cfg_coef=float(params["cfg_coef"]),
         seed=params.get("seed"),
     )
-    started = time.monotonic()
-    (result,) = engine.generate([request], progress=progress)
-    elapsed = time.monotonic() - started
+    return Prepared(audio, request, job_type, prompt_duration)
+
+
+def finish(prepared: Prepared, result: Any, generation_time: float) -> GenerationOutput:
+    """Assemble (bang: the generation; continue: head ++ generation) and encode at the input's rate and channels."""
+    audio = prepared.audio
     generated = fit_output(result.audio.float().cpu(), result.sample_rate, audio)
-    wav = generated if bang else continuation(audio, generated, prompt_duration)
+    wav = generated if prepared.job_type == "process_audio" else continuation(audio, generated, prepared.prompt_duration)
     return GenerationOutput(
         wav=encode_result(wav, audio.sample_rate),
         seed=int(result.seed),
         sample_rate=audio.sample_rate,
         seconds=wav.shape[-1] / audio.sample_rate,
-        generation_time=elapsed,
+        generation_time=generation_time,
     )

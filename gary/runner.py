@@ -26,6 +26,7 @@ from garycommon.progress import StatusStore
 from garycommon.settings import Settings
 
 from . import pipeline
+from .batcher import GenerationBatcher
 from .dispatch import Dispatcher
 from .jobs import ACTIVE_STATES, GENERATION_LANE, TRANSFORM_LANE, Job, JobStore
 from .notifications import Notifier
@@ -68,6 +69,7 @@ class JobRunner:
         self._engine_lock = threading.Lock()
         # One GPU worker thread: MusicGen never runs on the event loop, and never twice at once in this process.
         self.gpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gary-gpu")
+        self.batcher = GenerationBatcher(self.in_gpu_thread, self.engine, settings.gary_max_batch)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.warmup_state: dict[str, dict[str, Any]] = {}
         self._running: dict[str, Job] = {}  # jobs running in this process, by id
@@ -177,20 +179,18 @@ class JobRunner:
 
     async def _generate(self, job: Job) -> Output:
         raw = await self._input(job)
+        prepared = await asyncio.to_thread(pipeline.prepare, job.type, job.params, raw,
+                                           max_bytes=self.settings.max_audio_bytes)
         progress = self._progress_callback(job, asyncio.get_running_loop())
-
-        def work() -> pipeline.GenerationOutput:
-            return pipeline.generate(self.engine(), job.type, job.params, raw, max_bytes=self.settings.max_audio_bytes,
-                                     progress=progress)
-
-        out: pipeline.GenerationOutput = await self.in_gpu_thread(work)
+        result, elapsed, batch_size = await self.batcher.generate(prepared.request, progress)
+        out = await asyncio.to_thread(pipeline.finish, prepared, result, elapsed)
         if job.type == "continue_music":
             await self.store.put_audio(job.session_id, "last_input_audio", raw)
         await self.store.put_audio(job.session_id, "last_processed_audio", out.wav)
         return Output(out.wav, out.seed, {
             "model_name": job.params["model_name"], "prompt_duration": job.params["prompt_duration"],
             "seed": out.seed, "sample_rate": out.sample_rate, "duration": round(out.seconds, 4),
-            "generation_time": round(out.generation_time, 3),
+            "generation_time": round(out.generation_time, 3), "batch_size": batch_size,
         })
 
     async def _transform(self, job: Job) -> Output:
@@ -206,7 +206,7 @@ class JobRunner:
     async def _succeed(self, job: Job, output: Output) -> None:
         sid = job.session_id
         audio_b64 = await asyncio.to_thread(lambda: base64.b64encode(output.wav).decode("ascii"))
-        await self.jobs.update(job, state="completed", error=None, error_code=None,
+        await self.jobs.update(job, state="completed", error=None, error_code=None, result=output.metadata,
                                seed=output.seed if output.seed is not None else job.seed)
         await self.status.set_status(sid, "completed", job_id=job.job_id)
         await self.status.set_progress(sid, 100)
@@ -325,6 +325,7 @@ class JobRunner:
             with contextlib.suppress(Exception):
                 await stack.aclose()
         self._warm_leases.clear()
+        await self.batcher.aclose()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -25,8 +25,8 @@ def gary(request: pytest.FixtureRequest, make_gary: Any, terry_url: str) -> Gary
     if request.param == "mongo":
         mongo = request.getfixturevalue("mongo_server")
         return make_gary(session_store="mongo", mongodb_url=mongo.url, mongodb_db=f"juce_{uuid.uuid4().hex[:8]}",
-                         terry_url=terry_url)
-    return make_gary(terry_url=terry_url)
+                         terry_url=terry_url, gary_max_batch=1)
+    return make_gary(terry_url=terry_url, gary_max_batch=1)  # one generation at a time: the second one queues
 
 
 async def poll(http: httpx.AsyncClient, sid: str) -> dict[str, Any]:
@@ -187,3 +187,33 @@ def test_result_is_stereo_when_the_input_is(gary: Gary) -> None:
     audio, sr = decode_b64_wav(body["audio_data"])
     assert sr == 22050 and audio.shape == (int(OUTPUT_SECONDS * 22050), 1) and np.isfinite(audio).all()
     assert base64.b64decode(body["audio_data"])[:4] == b"RIFF"
+
+
+def test_concurrent_generations_share_one_engine_call(make_gary: Any) -> None:
+    """Solo mode with GARY_MAX_BATCH=3: jobs arriving while the GPU is busy run together in its next call."""
+    gary = make_gary(gary_max_batch=3)
+    release = gary.hold_gpu()
+    with httpx.Client(base_url=gary.url, timeout=30) as http:
+        try:
+            sids = [http.post("/api/juce/process_audio", json={"audio_data": wav_b64(2.0 + i / 2), "model_name": MODEL,
+                                                               "prompt_duration": 1, "seed": 10 + i}).json()["session_id"]
+                    for i in range(3)]
+            deadline = time.monotonic() + 10
+            while any(http.get(f"/api/juce/poll_status/{s}").json()["status"] != "warming" for s in sids):
+                assert time.monotonic() < deadline, "all three should be running (not queued) with 3 slots"
+                time.sleep(0.05)
+        finally:
+            release.set()
+        done = []
+        for sid in sids:
+            deadline = time.monotonic() + 60
+            while not (body := http.get(f"/api/juce/poll_status/{sid}").json())["audio_data"]:
+                assert body["status"] != "failed" and time.monotonic() < deadline, body
+                time.sleep(0.1)
+            done.append(body)
+    jobs = [gary.call(gary.ctx.jobs.current(sid)) for sid in sids]
+    # the first went alone (it never waits for company); the two that arrived meanwhile shared the next call
+    assert [job.result["batch_size"] for job in jobs] == [1, 2, 2]
+    assert [d["generation_seed"] for d in done] == [10, 11, 12] and len({d["audio_data"] for d in done}) == 3
+    for i, d in enumerate(done):  # each keeps its own input's length rules (bang: the output length)
+        assert decode_b64_wav(d["audio_data"])[0].shape[0] == int(OUTPUT_SECONDS * 44100), i
