@@ -50,7 +50,8 @@ class FastDecoder:
                 if graph is None:
                     decode_step(lm, state, model.keys, kv_len)  # warm-up that is also this step
                     graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    # thread_local: a model loading in another thread must not invalidate this capture
+                    with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                         decode_step(lm, state, model.keys, kv_len)
                     graphs[kv_len] = graph  # captured, not run: the next step replays it
                 else:

@@ -163,13 +163,13 @@ class MusicGenModel:
         done = 0
         stride = int(self.frame_rate * EXTEND_STRIDE * self.max_duration)
         prompt = job.prompt
-        pieces = [prompt] if prompt.shape[-1] else []
+        pieces = [prompt.cpu()] if prompt.shape[-1] else []  # the fast path hands codes back on the host
         for w, (_, frames) in enumerate(plan):
             seed = (job.seed + w * 0x9E3779B97F4A7C15) & ((1 << 63) - 1)  # fresh noise per window
             sub = dataclasses.replace(job, prompt=prompt, frames=frames, seed=seed)
             report = None if progress is None else (lambda s, _t, base=done: progress(base + s, total))
             out = self._run([sub], report)[0]
-            pieces.append(out[:, prompt.shape[-1]:])  # the window's own prompt is already in `pieces`
+            pieces.append(out[:, prompt.shape[-1]:].cpu())  # the window's own prompt is already in `pieces`
             done += frames + delay - prompt.shape[-1]
             prompt = out[:, stride:]
         return torch.cat(pieces, dim=-1)

@@ -183,3 +183,15 @@ def test_concurrent_loads_of_one_model_load_it_once(settings: Settings) -> None:
         models = list(pool.map(lambda _: engine.model(STEREO), range(3)))
     assert models[0] is models[1] is models[2]
     assert engine.resident() == [STEREO]
+
+
+def test_long_request_next_to_short_ones(engine: MusicGenEngine, settings: Settings) -> None:
+    """A request past the window is extended on its own after the batched ones; results keep request order."""
+    long_engine = MusicGenEngine(settings, torch.device("cpu"))
+    name = "testowner/tiny-19s"
+    out = long_engine.generate([
+        GenerationRequest(name, _prompt(0.3, 1), 32000, duration=20.0, seed=1),
+        GenerationRequest(name, None, duration=0.5, seed=2),
+    ])
+    assert [tuple(r.audio.shape) for r in out] == [(1, 640_000), (1, 16_000)]
+    assert [r.seed for r in out] == [1, 2]
