@@ -15,6 +15,7 @@ from gary.musicgen import GenerationRequest, MusicGenEngine
 from gary.musicgen.checkpoint import LM_FILE, load_pickle
 from gary.musicgen.demo import lm_xp_cfg, random_lm_state
 from gary.musicgen.generate import generate_eager
+from gary.musicgen.model import extension_plan
 
 MONO = "testowner/tiny-mono"  # written by conftest.models_dir
 STEREO = "testowner/tiny-stereo"
@@ -185,7 +186,7 @@ def test_concurrent_loads_of_one_model_load_it_once(settings: Settings) -> None:
     assert engine.resident() == [STEREO]
 
 
-def test_long_request_next_to_short_ones(engine: MusicGenEngine, settings: Settings) -> None:
+def test_long_request_next_to_short_ones(settings: Settings) -> None:
     """A request past the window is extended on its own after the batched ones; results keep request order."""
     long_engine = MusicGenEngine(settings, torch.device("cpu"))
     name = "testowner/tiny-19s"
@@ -195,3 +196,10 @@ def test_long_request_next_to_short_ones(engine: MusicGenEngine, settings: Setti
     ])
     assert [tuple(r.audio.shape) for r in out] == [(1, 640_000), (1, 16_000)]
     assert [r.seed for r in out] == [1, 2]
+
+
+def test_extension_plan_of_a_30s_model() -> None:
+    """6 s prompt -> 60 s: three windows, each continuing the last 12 s; their new frames add up to the duration."""
+    plan = extension_plan(60.0, 30.0, 18.0, 50, 300)
+    assert plan == [(300, 1500), (600, 1500), (600, 1200)]
+    assert 300 + sum(frames - plen for plen, frames in plan) == 3000
