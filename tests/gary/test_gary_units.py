@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -135,3 +137,40 @@ async def test_progress_throttle_uses_a_sorted_set(redis_url: str) -> None:
         assert 0 < await redis.ttl(rediskeys.active_generations()) <= rediskeys.ACTIVE_GENERATIONS_TTL
     finally:
         await redis.aclose()
+
+
+async def test_a_bad_request_does_not_sink_its_batch(gary_models: Path) -> None:
+    """The real engine rejects one request of a batch: the batch is retried one by one, the good ones succeed."""
+    import concurrent.futures
+
+    from gary.batcher import GenerationBatcher
+    from gary.musicgen import GenerationRequest, MusicGenEngine
+
+    settings = Settings(local_models_dir=gary_models, demo_models=True, device="cpu")
+    engine = MusicGenEngine(settings, torch.device("cpu"))
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    loop = asyncio.get_running_loop()
+    batcher = GenerationBatcher(lambda fn: loop.run_in_executor(pool, fn), lambda: engine, max_batch=4)
+    prompt = torch.zeros(1, 16000)
+
+    def request(**kw: object) -> GenerationRequest:
+        return GenerationRequest(model_name="thepatch/vanya_ai_dnb_0.1", prompt=prompt, prompt_sr=32000, duration=1.5,
+                                 seed=1, **kw)
+
+    try:
+        blocker = loop.run_in_executor(pool, time.sleep, 0.5)  # the GPU thread is busy: the next three arrive together
+        first = asyncio.ensure_future(batcher.generate(request()))
+        await asyncio.sleep(0.05)
+        good, bad, good2 = (asyncio.ensure_future(batcher.generate(r)) for r in (request(), request(top_p=2.0),
+                                                                                 request(temperature=0.5)))
+        await blocker
+        (_, _, alone) = await first
+        assert alone == 1
+        for fut in (good, good2):
+            result, _, size = await fut
+            assert size == 1 and result.audio.shape[-1] == int(1.5 * result.sample_rate)
+        with pytest.raises(GaryError) as err:
+            await bad
+        assert "top_p" in err.value.message
+    finally:
+        pool.shutdown(wait=True)
