@@ -208,6 +208,9 @@ class Generator:
         bars = bpm_math.parse_bars(req.bars, None)
         entry = self.registry.standard()
         riff = self.riffs.pick(req.key)
+        if riff is None:  # maybe added to the folder since the last scan
+            await asyncio.to_thread(self.riffs.rescan)
+            riff = self.riffs.pick(req.key)
         if riff is None:
             raise GaryError(ErrorCode.BAD_REQUEST, f"No riffs available for key '{req.key}'",
                             details={"available_keys": self.riffs.keys()})

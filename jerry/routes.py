@@ -256,6 +256,7 @@ async def model_info(request: Request) -> dict[str, Any]:
 @router.get("/riffs/available", summary="Keys and riffs in the riff library")
 async def riffs_available(request: Request) -> dict[str, Any]:
     riffs = get_state(request).riffs
+    await asyncio.to_thread(riffs.rescan)  # riffs dropped into the folder (a volume) show up without a restart
     keys = riffs.keys()
     return {"available_keys": keys, "total_keys": len(keys), "riff_details": riffs.details()}
 

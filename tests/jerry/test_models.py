@@ -1,5 +1,5 @@
 """Fine-tunes from allowed repos (LOCAL_MODELS_DIR stands in for the hub): listing, switching, generating, prompts,
-LRU cache and clearing — the routes the JUCE client relies on."""
+LRU cache and clearing — the routes the JUCE client relies on; and the riff folder picked up without a restart."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 from jerry_helpers import JerryServer, read_wav
 
+from jerry.riffsynth import write_riffs
 from jerry.sao.demo import write_demo_checkpoint
 
 REPO = "thepatch/jerry_test_finetune"
@@ -64,3 +65,17 @@ def test_finetune_lifecycle(http: httpx.Client, jerry: JerryServer) -> None:
     assert cleared["success"] is True and cleared["unloaded"] == [key]
     assert http.get("/models/status").json()["cache_status"]["loaded_models"] == ["standard_saos"]
     assert http.get("/health").status_code == 200
+
+
+def test_riffs_added_to_the_folder_are_found_without_a_restart(http: httpx.Client, jerry: JerryServer) -> None:
+    folder = jerry.state.riffs.folder
+    try:
+        write_riffs(folder, (("dsharp", 110),))
+        r = http.post("/generate/loop-with-riff", data={"prompt": "x 110bpm", "key": "dsharp", "steps": "1",
+                                                         "return_format": "base64"})
+        assert r.status_code == 200, r.text
+        assert r.json()["metadata"]["riff"] == "dsharp_110bpm.wav"
+        assert "dsharp" in http.get("/riffs/available").json()["available_keys"]
+    finally:
+        (folder / "dsharp_110bpm.wav").unlink(missing_ok=True)
+        jerry.state.riffs.rescan()
