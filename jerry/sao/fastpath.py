@@ -55,15 +55,21 @@ class GraphRunner:
         self.autoencoder = engine.net.pretransform.model
         self.pool = torch.cuda.graph_pool_handle()
         self.stream = torch.cuda.Stream()
-        self.graphs: dict[tuple, _Graphed] = {}
+        self.graphs: dict[tuple, Callable[..., torch.Tensor]] = {}
         self.lock = threading.Lock()
 
-    def _get(self, key: tuple, fn: Callable[..., torch.Tensor], args: tuple[torch.Tensor | None, ...]) -> _Graphed:
+    def _get(self, key: tuple, fn: Callable[..., torch.Tensor],
+             args: tuple[torch.Tensor | None, ...]) -> Callable[..., torch.Tensor]:
         with self.lock:
             graphed = self.graphs.get(key)
             if graphed is None:
                 log.info("capturing CUDA graph %s", key)
-                graphed = _Graphed(fn, args, self.pool, self.stream)
+                try:
+                    graphed = _Graphed(fn, args, self.pool, self.stream)
+                except RuntimeError:  # an op that cannot be captured: serve this shape eagerly, never fail requests
+                    log.exception("CUDA graph capture of %s failed; running it eagerly", key)
+                    torch.cuda.synchronize()
+                    graphed = fn
                 self.graphs[key] = graphed
             return graphed
 
