@@ -8,6 +8,7 @@ sends -1, so the seed reported is the seed used, and the engine's per-request ge
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from .riffs import RiffLibrary
 from .sao import SAORequest
 from .schemas import GenerateRequest, LoopGuidedRequest, LoopRequest, RiffRequest, StyleTransferRequest
 from .wav import decode_upload, fit_window, render_wav
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SECONDS = 11.0
 
@@ -65,7 +68,10 @@ class Generator:
         """Queue one request for the GPU worker; returns the audio and the seconds it took (queueing included)."""
         started = time.perf_counter()
         result = await self.batcher.submit(entry.engine, SAORequest(**fields))
-        return result.audio, time.perf_counter() - started
+        took = time.perf_counter() - started
+        log.info("%s: %d %s steps, cfg %g, seed %d, %.2f s of audio in %.3f s", entry.key, fields["steps"],
+                 fields["sampler_type"], fields["cfg_scale"], result.seed, fields["seconds_total"], took)
+        return result.audio, took
 
     def _base_meta(self, entry: ModelEntry, generation_time: float) -> dict[str, Any]:
         meta: dict[str, Any] = {
