@@ -345,8 +345,9 @@ class Operations:
         if job is None:
             state = stored.get("status", "unknown")
         elif active:
-            state = stored.get("status") if stored.get("job_id") == job.job_id else job.state
-            state = state or job.state
+            # status:{sid} was reset when this job was submitted, so what it holds now is this job's (gary's, or
+            # terry's "warming"/"processing" during a transform, which carry no job id)
+            state = stored.get("status") if stored.get("status") in ("queued", "warming", "processing") else job.state
         else:
             state = job.state if job.state in ("completed", "failed") else "failed"
         progress = 100 if state == "completed" else int(await self.status.get_progress(session_id))

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import OUTPUT_SECONDS, Gary
-from gary_helpers import MODEL, decode_b64_wav, wav_b64
+from gary_helpers import MODEL, decode_b64_wav, recorder, wav_b64
 
 POLL_KEYS = {"success", "session_id", "generation_in_progress", "transform_in_progress", "progress", "status", "error",
              "audio_data", "queue_status", "session_data"}
@@ -217,3 +217,35 @@ def test_concurrent_generations_share_one_engine_call(make_gary: Any) -> None:
     assert [d["generation_seed"] for d in done] == [10, 11, 12] and len({d["audio_data"] for d in done}) == 3
     for i, d in enumerate(done):  # each keeps its own input's length rules (bang: the output length)
         assert decode_b64_wav(d["audio_data"])[0].shape[0] == int(OUTPUT_SECONDS * 44100), i
+
+
+async def test_transform_inline_audio_and_relayed_terry_errors(make_gary: Any, terry_url: str, tmp_path: Any) -> None:
+    """Without a writable transfer folder the input goes inline; terry's own error message reaches the client, and an
+    unreachable terry reads as gary4live's "terry is asleep" (its message names the failed connection)."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the transfer folder should be")
+    gary = make_gary(terry_url=terry_url, transfer_dir=blocked / "transfer")
+    asleep = make_gary(terry_url="http://127.0.0.1:9")
+    rec = await recorder(gary.url)
+    try:
+        mark = rec.mark()
+        await rec.emit("transform_audio_request", {"audio_data": wav_b64(1.5), "variation": "jungle_breaks"})
+        done = await rec.wait("audio_transformed", after=mark, within=120)
+        assert done["variation"] == "jungle_breaks" and done["metadata"]["variation"] == "jungle_breaks"
+        mark = rec.mark()
+        await rec.emit("transform_audio_request", {"session_id": done["session_id"], "variation": "no_such_style"})
+        err = await rec.wait("error", after=mark, within=60)
+        assert err["message"].startswith("terry: ") and "no_such_style" in err["message"]
+        assert err["session_id"] == done["session_id"]
+        async with httpx.AsyncClient(base_url=gary.url) as http:
+            poll = (await http.get(f"/api/juce/poll_status/{done['session_id']}")).json()
+        assert poll["status"] == "failed" and poll["error"] == err["message"] and poll["audio_data"] is None
+    finally:
+        await rec.close()
+    rec = await recorder(asleep.url)
+    try:
+        await rec.emit("transform_audio_request", {"audio_data": wav_b64(1.5), "variation": "celtic"})
+        err = await rec.wait("error", within=60)
+        assert "Failed to establish a new connection" in err["message"] and err["code"] == "SERVICE_UNAVAILABLE"
+    finally:
+        await rec.close()
