@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from .errors import ErrorCode, GaryError
 log = logging.getLogger(__name__)
 
 GENERATION_LANE = "generation"
+# Below uvicorn's 5 s keep-alive: never reuse a connection the server may be closing at that very moment.
+KEEPALIVE_EXPIRY_S = 2.0
 
 
 @dataclass
@@ -62,14 +65,20 @@ class QueueClient:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
+                                       limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
 
     # --- transport -------------------------------------------------------------------------------------------
     async def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
                        read_s: float | None = None, not_found_ok: bool = False) -> dict[str, Any] | None:
         try:
-            resp = await self._http.request(method, path, json=json, params=params,
-                                            timeout=read_s if read_s is not None else self.timeout)
+            try:
+                resp = await self._http.request(method, path, json=json, params=params,
+                                                timeout=read_s if read_s is not None else self.timeout)
+            except (httpx.RemoteProtocolError, httpx.ReadError):
+                # a pooled connection closed or reset under us; every gateway call is idempotent: send it once more
+                resp = await self._http.request(method, path, json=json, params=params,
+                                                timeout=read_s if read_s is not None else self.timeout)
         except httpx.HTTPError as exc:
             raise GaryError(ErrorCode.QUEUE_UNAVAILABLE, f"GPU queue at {self.base_url} is unreachable: {exc!r}",
                             http_status=503) from exc
@@ -139,7 +148,9 @@ class QueueClient:
         A failure inside the block is recorded as `failed` (the exception propagates). If the wait times out the
         queued request is withdrawn and GaryError(TIMEOUT) is raised.
         """
-        body: dict[str, Any] = {"model": model, "lane": lane, "owner": owner, "resident": resident}
+        # our own id makes the request idempotent: a retried POST cannot queue a second request
+        body: dict[str, Any] = {"model": model, "lane": lane, "owner": owner, "resident": resident,
+                                "session_id": f"lease-{uuid.uuid4().hex[:16]}"}
         for key, value in (("vram_mb", vram_mb), ("client_key", client_key), ("gpus", gpus)):
             if value is not None:
                 body[key] = value

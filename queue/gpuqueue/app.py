@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -107,103 +106,103 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- operations --------------------------------------------------------------------------------------------
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return await gateway.health()
+    async def health() -> JSONResponse:
+        return JSONResponse(await gateway.health())
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(await gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/queue")
-    async def queue(_: str | None = Depends(api_key)) -> dict[str, Any]:
-        return await gateway.snapshot()
+    async def queue(_: str | None = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.snapshot())
 
     @app.post("/gpus")
-    async def register_gpu(body: GpuRequest, _: str | None = Depends(api_key)) -> dict[str, Any]:
-        return await gateway.register_gpu(body.gpu_id, body.capacity_mb)
+    async def register_gpu(body: GpuRequest, _: str | None = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.register_gpu(body.gpu_id, body.capacity_mb))
 
     @app.delete("/gpus/{gpu_id:path}")
-    async def drain_gpu(gpu_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
-        return await gateway.register_gpu(gpu_id, 0)
+    async def drain_gpu(gpu_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.register_gpu(gpu_id, 0))
 
     # --- lease API (our own workers) -----------------------------------------------------------------------------
     @app.post("/leases")
-    async def acquire(body: LeaseRequest, key: str | None = Depends(api_key)) -> dict[str, Any]:
-        return await gateway.enqueue(body.lane, body, api_key=key, style="lease")
+    async def acquire(body: LeaseRequest, key: str | None = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.enqueue(body.lane, body, api_key=key, style="lease"))
 
     @app.get("/leases/{lease_id}")
     async def lease_state(lease_id: str, wait: float = Query(0.0, ge=0, le=30),
-                          _: str | None = Depends(api_key)) -> dict[str, Any]:
-        return await gateway.wait(lease_id, wait)
+                          _: str | None = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.wait(lease_id, wait))
 
     @app.post("/leases/{lease_id}/heartbeat")
     async def lease_heartbeat(lease_id: str, body: HeartbeatRequest | None = None,
-                              _: str | None = Depends(api_key)) -> dict[str, Any]:
+                              _: str | None = Depends(api_key)) -> JSONResponse:
         lane, sid = gateway.parse_lease_id(lease_id)
-        return await gateway.heartbeat(lane, sid, body.fencing_token if body else None)
+        return JSONResponse(await gateway.heartbeat(lane, sid, body.fencing_token if body else None))
 
     @app.post("/leases/{lease_id}/release")
     async def release(lease_id: str, body: ReleaseRequest | None = None,
-                      _: str | None = Depends(api_key)) -> dict[str, Any]:
+                      _: str | None = Depends(api_key)) -> JSONResponse:
         body = body or ReleaseRequest()
         lane, sid = gateway.parse_lease_id(lease_id)
-        return await gateway.set_status(lane, sid, body.outcome, fence=body.fencing_token, error=body.error,
-                                        peak_mb=body.peak_vram_mb)
+        return JSONResponse(await gateway.set_status(lane, sid, body.outcome, fence=body.fencing_token,
+                                                     error=body.error, peak_mb=body.peak_vram_mb))
 
     # --- compatible task routes ----------------------------------------------------------------------------------
-    async def _enqueue(lane: str, body: EnqueueRequest, key: str | None) -> dict[str, Any]:
-        return await gateway.enqueue(lane, body, api_key=key, style="compat")
+    async def _enqueue(lane: str, body: EnqueueRequest, key: str | None) -> JSONResponse:
+        return JSONResponse(await gateway.enqueue(lane, body, api_key=key, style="compat"))
 
-    async def _status(lane: str, body: StatusRequest) -> dict[str, Any]:
-        return await gateway.set_status(lane, body.session_id, body.status, fence=body.fencing_token, error=body.error,
-                                        peak_mb=body.peak_vram_mb)
+    async def _status(lane: str, body: StatusRequest) -> JSONResponse:
+        return JSONResponse(await gateway.set_status(lane, body.session_id, body.status, fence=body.fencing_token,
+                                                     error=body.error, peak_mb=body.peak_vram_mb))
 
-    async def _heartbeat(lane: str, sid: str, body: HeartbeatRequest | None) -> dict[str, Any]:
-        return await gateway.heartbeat(lane, sid, body.fencing_token if body else None)
+    async def _heartbeat(lane: str, sid: str, body: HeartbeatRequest | None) -> JSONResponse:
+        return JSONResponse(await gateway.heartbeat(lane, sid, body.fencing_token if body else None))
 
-    async def _cancel(lane: str, sid: str) -> dict[str, Any]:
-        return await gateway.set_status(lane, sid, "cancelled", error="cancelled by the caller")
+    async def _cancel(lane: str, sid: str) -> JSONResponse:
+        return JSONResponse(await gateway.set_status(lane, sid, "cancelled", error="cancelled by the caller"))
 
     @app.post("/tasks")
-    async def enqueue(body: EnqueueRequest, key: str | None = Depends(api_key)) -> dict[str, Any]:
+    async def enqueue(body: EnqueueRequest, key: str | None = Depends(api_key)) -> JSONResponse:
         return await _enqueue(GENERATION, body, key)
 
     @app.get("/tasks/{session_id}")
-    async def task(session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
-        return await gateway.get(GENERATION, session_id, "compat", poll=True)
+    async def task(session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.get(GENERATION, session_id, "compat", poll=True))
 
     @app.delete("/tasks/{session_id}")
-    async def cancel(session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
+    async def cancel(session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
         return await _cancel(GENERATION, session_id)
 
     @app.post("/tasks/{session_id}/heartbeat")
     async def heartbeat(session_id: str, body: HeartbeatRequest | None = None,
-                        _: str | None = Depends(api_key)) -> dict[str, Any]:
+                        _: str | None = Depends(api_key)) -> JSONResponse:
         return await _heartbeat(GENERATION, session_id, body)
 
     @app.post("/task/status")
-    async def status(body: StatusRequest, _: str | None = Depends(api_key)) -> dict[str, Any]:
+    async def status(body: StatusRequest, _: str | None = Depends(api_key)) -> JSONResponse:
         return await _status(GENERATION, body)
 
     @app.post("/{lane}/tasks")
-    async def lane_enqueue(lane: str, body: EnqueueRequest, key: str | None = Depends(api_key)) -> dict[str, Any]:
+    async def lane_enqueue(lane: str, body: EnqueueRequest, key: str | None = Depends(api_key)) -> JSONResponse:
         return await _enqueue(lane, body, key)
 
     @app.get("/{lane}/tasks/{session_id}")
-    async def lane_task(lane: str, session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
-        return await gateway.get(lane, session_id, "compat", poll=True)
+    async def lane_task(lane: str, session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.get(lane, session_id, "compat", poll=True))
 
     @app.delete("/{lane}/tasks/{session_id}")
-    async def lane_cancel(lane: str, session_id: str, _: str | None = Depends(api_key)) -> dict[str, Any]:
+    async def lane_cancel(lane: str, session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
         return await _cancel(lane, session_id)
 
     @app.post("/{lane}/tasks/{session_id}/heartbeat")
     async def lane_heartbeat(lane: str, session_id: str, body: HeartbeatRequest | None = None,
-                             _: str | None = Depends(api_key)) -> dict[str, Any]:
+                             _: str | None = Depends(api_key)) -> JSONResponse:
         return await _heartbeat(lane, session_id, body)
 
     @app.post("/{lane}/task/status")
-    async def lane_status(lane: str, body: StatusRequest, _: str | None = Depends(api_key)) -> dict[str, Any]:
+    async def lane_status(lane: str, body: StatusRequest, _: str | None = Depends(api_key)) -> JSONResponse:
         return await _status(lane, body)
 
     return app

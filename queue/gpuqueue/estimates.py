@@ -2,7 +2,7 @@
 
 The grant order is round-robin between clients (FIFO within each), so a task's position is not its arrival rank:
 with k tasks of its own ahead of it, every other client can get at most k (or k+1 if its turn comes first) grants
-before it. `position_of` computes that from the queue lengths alone; `lane_order` replays the whole round-robin
+before it. `status_of` computes that from the queue lengths alone; `lane_order` replays the whole round-robin
 for the periodic position announcements. Wait = (run time of everything ahead + what is left of the running
 tasks) / how many of the lane's tasks run side by side now (when a lane has a queue, that is its parallelism).
 """
@@ -63,45 +63,51 @@ class Estimator:
                 pipe.hmget(rediskeys.gq_task(lane, sid), "model", "granted_at")
             pipe.time()
             rows = await pipe.execute()
-        now_ms = rows[-1][0] * 1000 + rows[-1][1] // 1000
+        return len(sids), self._left(rows[:-1], rows[-1], durations, lane)
+
+    def _left(self, rows: list[list[str | None]], now: tuple[int, int], durations: dict[str, float], lane: str) -> float:
+        now_ms = now[0] * 1000 + now[1] // 1000
         left = 0.0
-        for model, granted_at in rows[:-1]:
+        for model, granted_at in rows:
             run = self.duration(durations, model or "", lane)
             elapsed = (now_ms - int(granted_at or now_ms)) / 1000
             left += max(0.1 * run, run - elapsed)
-        return len(sids), left
+        return left
 
-    async def status_of(self, task: dict[str, Any]) -> QueueStatus:
-        """Queue status of one task (a hash from Redis) without reading the whole lane."""
-        lane, sid = task["lane"], task["sid"]
-        durations = await self.durations()
-        active, running_left = await self._running(lane, durations)
-        queued = int(await self.redis.zcard(rediskeys.gq_queued(lane)))
+    async def status_of(self, task: dict[str, Any], active: int, queued: int) -> QueueStatus:
+        """Queue status of one task (its hash, and its lane's running/queued counts) without reading the whole lane.
+
+        Position: with k of its own tasks ahead, each other client gets at most k grants first (k+1 when its turn
+        in the round comes before this client's). Two pipelined round trips, none for a task that is not queued.
+        """
         if task.get("state") != "queued":
             return QueueStatus(0, queued, active, 0.0)
-        position = await self.position_of(lane, sid, task["client"])
-        ahead = (position - 1) * self.duration(durations, "", lane)
-        wait = (ahead + running_left) / max(1, active)
-        return QueueStatus(position, queued, active, round(wait, 1))
-
-    async def position_of(self, lane: str, sid: str, client: str) -> int:
+        lane, sid, client = task["lane"], task["sid"], task["client"]
+        durations = await self.durations()
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.lpos(rediskeys.gq_client_queue(lane, client), sid)
             pipe.zrange(rediskeys.gq_heads(lane), 0, -1, withscores=True)
-            own_index, heads = await pipe.execute()
+            pipe.smembers(rediskeys.gq_active(lane))
+            own_index, heads, running = await pipe.execute()
         if own_index is None:
-            return 0
+            return QueueStatus(0, queued, active, 0.0)
         scores = dict(heads)
         others = [c for c in scores if c != client]
         async with self.redis.pipeline(transaction=False) as pipe:
             for c in others:
                 pipe.llen(rediskeys.gq_client_queue(lane, c))
-            lengths = await pipe.execute()
+            for r in running:
+                pipe.hmget(rediskeys.gq_task(lane, r), "model", "granted_at")
+            pipe.time()
+            rows = await pipe.execute()
+        lengths, models, now = rows[:len(others)], rows[len(others):-1], rows[-1]
         mine = scores.get(client, 0.0)
         ahead = own_index
         for c, length in zip(others, lengths, strict=True):
             ahead += min(int(length), own_index + (1 if scores[c] < mine else 0))
-        return ahead + 1
+        running_left = self._left(models, now, durations, lane)
+        wait = (ahead * self.duration(durations, "", lane) + running_left) / max(1, len(running))
+        return QueueStatus(ahead + 1, queued, len(running), round(wait, 3))
 
     async def lane_order(self, lane: str) -> tuple[list[OrderedTask], int, int]:
         """Predicted grant order of every queued task in a lane, with per-task waits; plus (queued, active)."""
@@ -126,6 +132,6 @@ class Estimator:
         out: list[OrderedTask] = []
         ahead_s = running_left
         for position, (sid, (model, cb)) in enumerate(zip(order, rows, strict=True), start=1):
-            out.append(OrderedTask(sid, position, round(ahead_s / parallel, 1), cb or ""))
+            out.append(OrderedTask(sid, position, round(ahead_s / parallel, 3), cb or ""))
             ahead_s += self.duration(durations, model or "", lane)
         return out, len(order), active

@@ -192,8 +192,8 @@ class Gateway:
             raise GaryError(ErrorCode.QUEUE_FULL, f"server busy: {what}; retry in about {retry} s",
                             details={"retry_after": retry})
         self._after(out)
-        task = await self.redis.hgetall(rediskeys.gq_task(lane, session_id))
-        view = await self.view(task, style)
+        task = out["task"]
+        view = await self.view(task, style, int(out["active"]), int(out["queued"]))
         if task.get("state") == "queued" and task.get("cb"):
             qs = view["queue_status"]
             if await self.scheduler.announce_position(task_id(lane, session_id), qs["position"],
@@ -210,27 +210,37 @@ class Gateway:
 
     async def get(self, lane: str, session_id: str, style: str, *, poll: bool = False) -> dict[str, Any]:
         self.check_lane(lane)
-        task = await self.redis.hgetall(rediskeys.gq_task(lane, session_id))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(rediskeys.gq_task(lane, session_id))
+            pipe.scard(rediskeys.gq_active(lane))
+            pipe.zcard(rediskeys.gq_queued(lane))
+            task, active, queued = await pipe.execute()
         if not task:
             raise GaryError(ErrorCode.NOT_FOUND, f"no task {session_id!r} in lane {lane!r}")
         if poll and task.get("state") == "queued":
             await self.scheduler.heartbeat(task_id(lane, session_id), queued_only=True)
-        return await self.view(task, style)
+        return await self.view(task, style, int(active), int(queued))
 
     async def wait(self, lease_id: str, wait_s: float) -> dict[str, Any]:
-        """Long-poll a lease request until it is granted (or ends, or wait_s passes); polling keeps it queued."""
+        """Long-poll a lease request until it is granted (or ends, or wait_s passes); polling keeps it queued.
+
+        While waiting it only re-reads the state (one script call that also refreshes the request's liveness);
+        the full view with position and estimate is built once, for the answer.
+        """
         lane, sid = self.parse_lease_id(lease_id)
-        deadline = time.monotonic() + min(max(0.0, wait_s), MAX_LONG_POLL_S)
         tid = task_id(lane, sid)
+        deadline = time.monotonic() + min(max(0.0, wait_s), MAX_LONG_POLL_S)
         event = asyncio.Event()
         self._waiters.setdefault(tid, set()).add(event)
         try:
             while True:
                 event.clear()
-                view = await self.get(lane, sid, "lease", poll=True)
+                out = await self.scheduler.heartbeat(tid, queued_only=True)
+                if out.get("result") == "not_found":
+                    self._raise_for(out, lane, sid)
                 left = deadline - time.monotonic()
-                if view["state"] != "queued" or left <= 0:
-                    return view
+                if out.get("state") != "queued" or left <= 0:
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(left, self._refresh_s))
         finally:
@@ -239,6 +249,7 @@ class Gateway:
                 waiting.discard(event)
                 if not waiting:
                     del self._waiters[tid]
+        return await self.get(lane, sid, "lease")
 
     def parse_lease_id(self, lease_id: str) -> tuple[str, str]:
         lane, sid = split_task_id(lease_id)
@@ -283,11 +294,11 @@ class Gateway:
             self.notifier.wake()
 
     # --- views ---------------------------------------------------------------------------------------------------
-    async def view(self, task: dict[str, Any], style: str) -> dict[str, Any]:
+    async def view(self, task: dict[str, Any], style: str, active: int, queued: int) -> dict[str, Any]:
         """A task as JSON. style "compat": the original's statuses (a granted task reads `processing`, the slot is
         taken); style "lease": `granted` with the lease fields."""
         state = task["state"]
-        st = await self.estimator.status_of(task)
+        st = await self.estimator.status_of(task, active, queued)
         if style == "lease":
             status = "granted" if state in LIVE else state
         else:

@@ -126,9 +126,13 @@ class Notifier:
                          delay)
 
     async def _fill_position(self, n: dict[str, Any]) -> None:
-        task = await self.redis.hgetall(rediskeys.gq_task(n["lane"], n["sid"]))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(rediskeys.gq_task(n["lane"], n["sid"]))
+            pipe.scard(rediskeys.gq_active(n["lane"]))
+            pipe.zcard(rediskeys.gq_queued(n["lane"]))
+            task, active, queued = await pipe.execute()
         if task.get("state") == "queued":
-            st = await self.estimator.status_of(task)
+            st = await self.estimator.status_of(task, int(active), int(queued))
             n.update(position=st.position, est=st.estimated_wait_seconds, active=st.active)
 
     # --- position announcements ---------------------------------------------------------------------------------

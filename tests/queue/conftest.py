@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -10,7 +13,7 @@ import pytest
 import redis as redis_sync
 from garycommon.settings import Settings
 from gpuqueue.app import create_app
-from gq_helpers import FAST, CallbackSink, ServerThread
+from gq_helpers import FAST, CallbackSink, ServerThread, free_port, wait_until
 
 
 @pytest.fixture
@@ -50,3 +53,39 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
+
+
+@pytest.fixture
+def spawn_gateway(redis_url: str) -> Iterator[Callable[..., str]]:
+    """Start a gateway replica as its own process (`python -m gpuqueue.cli`, settings through the environment, as
+    deployed): spawn_gateway(**settings overrides) -> base URL."""
+    procs: list[subprocess.Popen] = []
+
+    def spawn(**overrides: Any) -> str:
+        values = {**FAST, "redis_url": redis_url, "gary_url": "", "log_level": "WARNING", **overrides}
+        env = {**os.environ, **{k.upper(): str(v) for k, v in values.items()}}
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "--host", "127.0.0.1", "--port", str(port)],
+                                env=env)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            assert proc.poll() is None, f"gateway exited with {proc.returncode}"
+            try:
+                return httpx.get(f"{url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 30, "gateway process health")
+        return url
+
+    yield spawn
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -4,7 +4,8 @@ local tid = OP.lane .. ':' .. OP.sid
 local tk = k_task(tid)
 local cur = redis.call('HGET', tk, 'state')
 if cur == 'queued' or cur == 'granted' or cur == 'processing' then
-  return cjson.encode({result = 'exists', state = cur})
+  local active, queued = lane_counts(OP.lane)
+  return cjson.encode({result = 'exists', task = hgetall(tk), active = active, queued = queued})
 end
 if OP.resident ~= '1' then
   if redis.call('ZCARD', k_queued(OP.lane)) >= CFG.lane_max_queued then
@@ -29,4 +30,5 @@ redis.call('HDEL', K_POSITIONS, tid)
 if OP.kind ~= 'callback' then redis.call('ZADD', K_EXPIRY, NOW + CFG.poll_ttl_ms, tid) end
 event({op = 'enqueue', tid = tid, mb = OP.mb, client = OP.client})
 local grants = schedule()
-return cjson.encode({result = 'created', state = redis.call('HGET', tk, 'state'), grants = grants})
+local active, queued = lane_counts(OP.lane)
+return cjson.encode({result = 'created', task = hgetall(tk), grants = grants, active = active, queued = queued})

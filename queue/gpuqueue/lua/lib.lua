@@ -151,7 +151,8 @@ local function grant(c, gpu)
   redis.call('HINCRBY', K_KEYSTATS, 'q:' .. t.key, -1)
   redis.call('HINCRBY', K_KEYSTATS, 'a:' .. t.key, 1)
   observe('wait', c.lane, (NOW - num(t.wait_from, NOW)) / 1000)
-  event({op = 'grant', tid = tid, gpu = gpu.id, mb = mb, used = gpu.used, cap = gpu.cap, fence = fence})
+  event({op = 'grant', tid = tid, gpu = gpu.id, mb = mb, used = gpu.used, cap = gpu.cap, fence = fence,
+         bypassed = num(t.bypassed, 0)})
   redis.call('PUBLISH', K_GRANTED, tid)
   if t.cb ~= nil and t.cb ~= '' then
     local active, queued = lane_counts(c.lane)
