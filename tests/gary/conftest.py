@@ -93,6 +93,8 @@ def make_gary(redis_server: Any, gary_models: Path, transfer_dir: Path, tmp_path
         return Gary(server, settings)
 
     yield make
+    for server in started:  # all at once: a Mongo client takes seconds to close
+        server.server.should_exit = True
     for server in started:
         server.stop()
 
