@@ -219,7 +219,7 @@ class JobRunner:
 
     def result_payload(self, job: Job, audio_b64: str, metadata: dict[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {"audio_data": audio_b64, "session_id": job.session_id, "job_id": job.job_id,
-                                   "metadata": {**metadata, "demo": self.settings.demo_models}}
+                                   "metadata": {"demo": self.settings.demo_models, **metadata}}
         if job.type == "transform_audio":
             payload["variation"] = job.params["variation"]
         if job.seed is not None:
