@@ -40,3 +40,13 @@ def test_stdlib_queue_wins_from_repo_root() -> None:
         cwd=ROOT, capture_output=True, text=True, check=True,
     )
     assert out.stdout.strip() == "queue"
+
+
+def test_test_module_basenames_are_unique() -> None:
+    """pytest imports test folders without __init__.py by basename: two test_x.py would break collection."""
+    seen: dict[str, Path] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        if "node_modules" in path.parts or (path.parent / "__init__.py").exists():
+            continue
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
