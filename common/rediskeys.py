@@ -30,22 +30,10 @@ def queue_status(session_id: str) -> str:
     return f"queue_status:{session_id}"
 
 
-# --- gary ---
-FLAG_TTL = HOUR
+# --- gary --- (busy state lives in one job record per operation, `job`/`session_job`, instead of the original's
+# `{sid}_generation_in_progress` / `{sid}_transform_in_progress` flags and `transform_task:{sid}:data`)
 CHUNK_TTL = HOUR
 NOTIFICATION_TTL = HOUR
-
-
-def generation_in_progress(session_id: str) -> str:
-    return f"{session_id}_generation_in_progress"
-
-
-def transform_in_progress(session_id: str) -> str:
-    return f"{session_id}_transform_in_progress"
-
-
-def transform_task_data(session_id: str) -> str:
-    return f"transform_task:{session_id}:data"
 
 
 def chunk(session_id: str, index: int) -> str:
