@@ -144,6 +144,11 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
             yield
         finally:
             await sio.shutdown()
+            listener = getattr(sio.manager, "thread", None)  # the Redis pub/sub listener shutdown() leaves running
+            if isinstance(listener, asyncio.Task):
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await listener
             await runner.aclose()
             await dispatcher.aclose()
             await terry.aclose()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 RunJob = Callable[[Job], Awaitable[None]]
 ALIVE_STATUSES = frozenset({"queued", "ready", "processing", "warming", "granted", "running"})
+DEFAULT_JOB_SECONDS = 30.0  # solo mode's wait estimate before any job has been timed (the original's default)
 RESIDENT_LANE = "gary"
 RESIDENT_WAIT_SECONDS = 2.0  # not granted quickly -> unload instead of waiting while holding the task's lease
 
@@ -113,6 +116,7 @@ class SoloDispatcher:
         self._queues: dict[str, asyncio.Queue[Job]] = {lane: asyncio.Queue() for lane in self._slots}
         self._waiting: dict[str, list[str]] = {lane: [] for lane in self._slots}
         self._running: dict[str, set[str]] = {lane: set() for lane in self._slots}
+        self._seconds: dict[str, float] = {lane: DEFAULT_JOB_SECONDS for lane in self._slots}  # moving average
         self._workers: list[asyncio.Task[None]] = []
 
     async def start(self, run: RunJob) -> None:
@@ -126,9 +130,10 @@ class SoloDispatcher:
         await self._queues[lane].put(job)
         if len(self._running[lane]) + len(self._waiting[lane]) > self._slots[lane]:
             position = len(self._waiting[lane])
+            wait = self._seconds[lane] * math.ceil(position / self._slots[lane])
             await self.notifier.queue_status(queue_status_payload(job.session_id, "queued", {
                 "queued_tasks": position, "active_tasks": len(self._running[lane]), "position": position,
-                "estimated_wait_seconds": 30.0 * position}), job.requester)
+                "estimated_wait_seconds": round(wait, 1)}), job.requester)
 
     async def _worker(self, lane: str, run: RunJob) -> None:
         queue = self._queues[lane]
@@ -140,7 +145,9 @@ class SoloDispatcher:
                 await self.notifier.queue_status(queue_status_payload(job.session_id, "ready", {
                     "queued_tasks": 0, "active_tasks": len(self._running[lane]), "estimated_wait_seconds": 0}),
                     job.requester)
+                started = time.monotonic()
                 await run(job)
+                self._seconds[lane] += 0.3 * (time.monotonic() - started - self._seconds[lane])
             except Exception:
                 log.exception("solo job %s crashed", job.job_id)
             finally:
