@@ -121,6 +121,11 @@ def gq_active(lane: str) -> str:
     return f"{QUEUE_PREFIX}active:{lane}"
 
 
+def gq_callback_queued(lane: str) -> str:
+    """Set of queued session ids in a lane that have a callback (the only ones told about position changes)."""
+    return f"{QUEUE_PREFIX}cbqueued:{lane}"
+
+
 def gq_resident() -> str:
     """Set of task ids (`lane:sid`) holding resident leases (models that stay loaded)."""
     return f"{QUEUE_PREFIX}resident"

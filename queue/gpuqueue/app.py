@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimit, limit=settings.queue_max_body_bytes)
 
-    def api_key(request: Request) -> str | None:
+    async def api_key(request: Request) -> str | None:
+        # async on purpose: FastAPI would run a plain function in its thread pool, a thread hop per request
         return check_api_key(request, settings.api_keys)
 
     # --- operations --------------------------------------------------------------------------------------------

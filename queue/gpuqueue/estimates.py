@@ -32,7 +32,6 @@ class OrderedTask:
     session_id: str
     position: int
     wait_s: float
-    callback: str
 
 
 class Estimator:
@@ -110,28 +109,28 @@ class Estimator:
         return QueueStatus(ahead + 1, queued, len(running), round(wait, 3))
 
     async def lane_order(self, lane: str) -> tuple[list[OrderedTask], int, int]:
-        """Predicted grant order of every queued task in a lane, with per-task waits; plus (queued, active)."""
+        """Predicted grant order of the queued callback tasks in a lane, with their waits; plus (queued, active).
+
+        Nothing is read when no callback task waits (pull and lease callers poll instead). Tasks ahead count with
+        the lane's average run time, so one LRANGE per client is all it reads.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.smembers(rediskeys.gq_callback_queued(lane))
+            pipe.zrange(rediskeys.gq_heads(lane), 0, -1)
+            callbacks, heads = await pipe.execute()
+        if not callbacks:
+            return [], 0, 0
         durations = await self.durations()
-        heads = await self.redis.zrange(rediskeys.gq_heads(lane), 0, -1)
         async with self.redis.pipeline(transaction=False) as pipe:
             for c in heads:
                 pipe.lrange(rediskeys.gq_client_queue(lane, c), 0, -1)
             queues: list[list[str]] = await pipe.execute()
         order: list[str] = []
-        depth = max((len(q) for q in queues), default=0)
-        for i in range(depth):
+        for i in range(max((len(q) for q in queues), default=0)):
             order.extend(q[i] for q in queues if len(q) > i)
-        if not order:
-            return [], 0, 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sid in order:
-                pipe.hmget(rediskeys.gq_task(lane, sid), "model", "cb")
-            rows = await pipe.execute()
         active, running_left = await self._running(lane, durations)
+        per_task = self.duration(durations, "", lane)
         parallel = max(1, active)
-        out: list[OrderedTask] = []
-        ahead_s = running_left
-        for position, (sid, (model, cb)) in enumerate(zip(order, rows, strict=True), start=1):
-            out.append(OrderedTask(sid, position, round(ahead_s / parallel, 3), cb or ""))
-            ahead_s += self.duration(durations, model or "", lane)
+        out = [OrderedTask(sid, position, round((running_left + (position - 1) * per_task) / parallel, 3))
+               for position, sid in enumerate(order, start=1) if sid in callbacks]
         return out, len(order), active

@@ -162,8 +162,6 @@ class Notifier:
         order, queued, active = await self.estimator.lane_order(lane)
         sent = 0
         for task in order:
-            if not task.callback:
-                continue
             tid = task_id(lane, task.session_id)
             if self._last_positions.get(tid) == task.position:
                 continue

@@ -25,6 +25,7 @@ if redis.call('RPUSH', k_q(OP.lane, OP.client), OP.sid) == 1 then
   redis.call('ZADD', k_heads(OP.lane), redis.call('INCR', P .. 'ticket'), OP.client)
 end
 redis.call('ZADD', k_queued(OP.lane), seq, OP.sid)
+if OP.cb ~= '' then redis.call('SADD', k_cbqueued(OP.lane), OP.sid) end
 redis.call('HINCRBY', K_KEYSTATS, 'q:' .. OP.key, 1)
 redis.call('HDEL', K_POSITIONS, tid)
 if OP.kind ~= 'callback' then redis.call('ZADD', K_EXPIRY, NOW + CFG.poll_ttl_ms, tid) end

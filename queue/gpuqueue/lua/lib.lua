@@ -17,6 +17,7 @@ local function k_q(lane, client) return P .. 'q:' .. lane .. ':' .. client end
 local function k_heads(lane) return P .. 'heads:' .. lane end
 local function k_queued(lane) return P .. 'queued:' .. lane end
 local function k_active(lane) return P .. 'active:' .. lane end
+local function k_cbqueued(lane) return P .. 'cbqueued:' .. lane end
 local K_RESIDENT = P .. 'resident'
 local K_EXPIRY = P .. 'expiry'
 local K_GPUS = P .. 'gpus'
@@ -102,6 +103,7 @@ local function unqueue(tid, t)
   redis.call('LREM', q, 1, t.sid)
   if redis.call('LLEN', q) == 0 then redis.call('ZREM', k_heads(t.lane), t.client) end
   redis.call('ZREM', k_queued(t.lane), t.sid)
+  redis.call('SREM', k_cbqueued(t.lane), t.sid)
   redis.call('HINCRBY', K_KEYSTATS, 'q:' .. t.key, -1)
   redis.call('HDEL', K_POSITIONS, tid)
 end
@@ -137,6 +139,7 @@ local function grant(c, gpu)
     redis.call('ZADD', k_heads(c.lane), redis.call('INCR', P .. 'ticket'), c.client)
   end
   redis.call('ZREM', k_queued(c.lane), c.sid)
+  redis.call('SREM', k_cbqueued(c.lane), c.sid)
   redis.call('HDEL', K_POSITIONS, tid)
   if t.resident == '1' then redis.call('SADD', K_RESIDENT, tid) else redis.call('SADD', k_active(c.lane), c.sid) end
   local mb = num(t.mb, 0)
@@ -232,6 +235,7 @@ local function requeue(tid, t, reason)
     redis.call('ZADD', k_heads(t.lane), 0, t.client)  -- it had its turn already: first in line again
   end
   redis.call('ZADD', k_queued(t.lane), num(t.seq, 0), t.sid)
+  if t.cb ~= nil and t.cb ~= '' then redis.call('SADD', k_cbqueued(t.lane), t.sid) end
   redis.call('HINCRBY', K_KEYSTATS, 'q:' .. t.key, 1)
   redis.call('HSET', k_task(tid), 'state', 'queued', 'gpu', '', 'wait_from', NOW, 'error', reason, 'expires_at', '')
   if t.kind ~= 'callback' then redis.call('ZADD', K_EXPIRY, NOW + CFG.poll_ttl_ms, tid) end

@@ -1,0 +1,257 @@
+"""Lease grant round trip of the GPU queue gateway on loopback, at a fixed request rate, behind a 1,000-task backlog.
+
+Runs on the CPU (no GPU involved): a fresh redis-server (AOF on, fsync every second, as Dockerfile.redis) and one
+`gpu-queue-server` process. The backlog is what a busy shared server holds: a friend's batch of 500 tasks pinned to a
+busy second GPU, and 500 transforms (50 users) waiting behind the one-at-a-time transform lane. The measured
+requests (`POST /leases`, generation lane, 1 GB, another key) fit and are granted at once; each is released right
+after (releases are extra load, timed separately). Requests are sent open-loop on a fixed schedule, so a slow
+answer cannot hide the ones queued behind it; latency is measured from the scheduled send time.
+
+    .venv/bin/python bench/queue_bench.py [--rate 200] [--seconds 15]
+
+Writes bench/results/queue.json and bench/results/queue.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+BACKLOG_FRIEND = 500
+BACKLOG_TRANSFORM = 500
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing on port {port}")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+class Conn:
+    """A minimal keep-alive HTTP/1.1 client connection: the load generator must cost far less than the server."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(payload)}",
+                "Content-Type: application/json"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        data = await self.reader.readexactly(length)
+        return status, json.loads(data) if data else {}
+
+
+class Pool:
+    def __init__(self, port: int, size: int) -> None:
+        self.free: asyncio.Queue[Conn] = asyncio.Queue()
+        for _ in range(size):
+            self.free.put_nowait(Conn(port))
+
+    async def request(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        conn = await self.free.get()
+        try:
+            return await conn.request(*args, **kwargs)
+        finally:
+            self.free.put_nowait(conn)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def fill_backlog(pool: Pool) -> None:
+    friend = {"X-API-Key": "friend-key"}
+    sends = [pool.request("POST", "/generation/tasks", {"session_id": f"friend-{i}", "vram_mb": 8000,
+                                                         "client_key": "batch", "gpus": ["gpu1"]}, friend)
+             for i in range(BACKLOG_FRIEND + 1)]
+    sends += [pool.request("POST", "/transform/tasks",
+                           {"session_id": f"t-{i}", "task_type": "transform", "client_key": f"user{i % 50}"},
+                           {"X-API-Key": f"user-key-{i % 5}"})
+              for i in range(BACKLOG_TRANSFORM + 1)]
+    results = await asyncio.gather(*sends)
+    bad = [r for r in results if r[0] != 200]
+    if bad:
+        raise RuntimeError(f"backlog enqueue failed: {bad[:3]}")
+
+
+async def run_rate(pool: Pool, rate: float, seconds: float) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    n = int(rate * seconds)
+    grant_ms: list[float] = []
+    service_ms: list[float] = []
+    release_ms: list[float] = []
+    errors: list[str] = []
+    key = {"X-API-Key": "bench-key"}
+    start = loop.time() + 0.05
+
+    async def one(i: int) -> None:
+        scheduled = start + i / rate
+        await asyncio.sleep(max(0.0, scheduled - loop.time()))
+        sent = loop.time()
+        status, body = await pool.request("POST", "/leases", {"model": "facebook/musicgen-small", "lane": "generation",
+                                                              "owner": "bench", "session_id": f"b{rate:g}-{i}",
+                                                              "vram_mb": 1000, "client_key": f"c{i % 8}"}, key)
+        done = loop.time()
+        if status != 200 or body.get("status") != "granted":
+            errors.append(f"{status} {body.get('status')} {body.get('error', '')}"[:200])
+            return
+        grant_ms.append((done - scheduled) * 1000)
+        service_ms.append((done - sent) * 1000)
+        t = loop.time()
+        status, _ = await pool.request("POST", f"/leases/{body['lease_id']}/release",
+                                       {"fencing_token": body["fencing_token"]}, key)
+        release_ms.append((loop.time() - t) * 1000)
+        if status != 200:
+            errors.append(f"release {status}")
+
+    t0 = loop.time()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = loop.time() - t0
+    summary = {"requests": n, "errors": len(errors), "error_samples": errors[:5],
+               "achieved_rate": round(n / elapsed, 1)}
+    for name, values in (("grant", grant_ms), ("grant_from_send", service_ms), ("release", release_ms)):
+        if values:
+            summary[name] = {"p50_ms": round(pct(values, 0.5), 3), "p90_ms": round(pct(values, 0.9), 3),
+                             "p99_ms": round(pct(values, 0.99), 3), "max_ms": round(max(values), 3),
+                             "mean_ms": round(statistics.fmean(values), 3)}
+    return summary
+
+
+async def bench(port: int, rates: list[float], seconds: float) -> dict[str, Any]:
+    pool = Pool(port, 64)
+    await fill_backlog(pool)
+    _, snapshot = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
+    queued = {lane: info["queued"] for lane, info in snapshot["lanes"].items() if info["queued"]}
+    await run_rate(pool, 100, 2)  # warm-up: connections, script cache, caches
+    runs = {f"{rate:g}": await run_rate(pool, rate, seconds) for rate in rates}
+    _, after = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
+    return {"queued_during_run": queued, "queued_after": {k: v["queued"] for k, v in after["lanes"].items()
+                                                          if v["queued"]}, "runs": runs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, action="append", help="requests/s (repeatable; default 200)")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    rates = args.rate or [200.0]
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server not found")
+    redis_version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        rport, gport = free_port(), free_port()
+        redis_proc = subprocess.Popen([exe, "--port", str(rport), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
+                                       "--appendonly", "yes", "--appendfsync", "everysec"],
+                                      stdout=subprocess.DEVNULL)
+        wait_port(rport)
+        env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{rport}/0", "QUEUE_GPUS": "gpu0=80000,gpu1=8000",
+               "API_KEYS": "bench-key,friend-key," + ",".join(f"user-key-{i}" for i in range(5)),
+               "QUEUE_KEY_MAX_ACTIVE": "0", "QUEUE_KEY_MAX_QUEUED": "1000", "QUEUE_MAX_QUEUED": "5000",
+               "QUEUE_POLL_TTL_SECONDS": "3600", "QUEUE_LEASE_TTL_SECONDS": "3600", "LOG_LEVEL": "WARNING",
+               "GARY_URL": ""}
+        gw = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "--host", "127.0.0.1", "--port", str(gport)],
+                              env=env)
+        try:
+            wait_port(gport)
+            load_before = os.getloadavg()
+            out = asyncio.run(bench(gport, rates, args.seconds))
+            load_after = os.getloadavg()
+        finally:
+            gw.terminate()
+            gw.wait(20)
+            redis_proc.terminate()
+            redis_proc.wait(10)
+    result = {
+        "benchmark": "gpuqueue lease grant round trip (POST /leases -> granted), loopback, open-loop fixed rate",
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "redis": redis_version,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in load_after],
+        "seconds_per_rate": args.seconds, "goal": "p99 <= 2 ms at 200 req/s with 1,000 queued tasks",
+        **out,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "queue.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = ["| rate (req/s) | achieved | grant p50 | grant p90 | grant p99 | max | release p50 | release p99 | errors |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for rate, r in out["runs"].items():
+        g, rel = r.get("grant", {}), r.get("release", {})
+        rows.append(f"| {rate} | {r['achieved_rate']} | {g.get('p50_ms')} ms | {g.get('p90_ms')} ms | "
+                    f"{g.get('p99_ms')} ms | {g.get('max_ms')} ms | {rel.get('p50_ms')} ms | {rel.get('p99_ms')} ms | "
+                    f"{r['errors']} |")
+    md = [
+        "# GPU queue gateway: lease grant round trip",
+        "",
+        f"CPU: {result['cpu']} ({result['cpu_count']} cores, shared), Python {result['python']}, {redis_version}.",
+        f"Load average before/after: {result['load_average_before']} / {result['load_average_after']} "
+        "(other jobs were running on this machine).",
+        f"Backlog while measuring: {out['queued_during_run']} queued tasks (a friend's batch pinned to a busy "
+        "second GPU, transforms behind the one-at-a-time lane).",
+        "One gateway process (uvicorn), redis-server with AOF (fsync every second), loopback; requests sent open-loop "
+        "on a fixed schedule, latency from the scheduled send time; each grant released right after (not counted "
+        "in the grant numbers).",
+        "",
+        *rows,
+        "",
+        f"Goal: {result['goal']}. Re-run: `.venv/bin/python bench/queue_bench.py`.",
+    ]
+    (RESULTS / "queue.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
