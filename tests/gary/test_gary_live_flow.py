@@ -212,3 +212,28 @@ async def _reconnect_mid_generation(gary: Gary, rec: Recorder, sid: str) -> None
         assert_result(await again.wait("music_retried", after=mark), sid, 1.5 - 1 + OUTPUT_SECONDS)
     finally:
         await again.close()
+
+
+async def test_reconnect_before_the_result_gets_it_live(gary: Gary) -> None:
+    """Connection lost while the job runs, back before it ends: verify_session re-joins the room, the result arrives."""
+    first = await recorder(gary.url)
+    mark = first.mark()
+    await first.emit("update_cropped_audio", {"audio_data": wav_b64(2.0)})
+    sid = (await first.wait("update_cropped_audio_complete", after=mark))["session_id"]
+    release = gary.hold_gpu()
+    try:
+        await first.emit("continue_music_request", {"session_id": sid, "prompt_duration": 1})
+        await first.wait("continue_music_received", after=mark)
+        await first.close()
+        again = await recorder(gary.url)
+        await again.emit("verify_session", {"session_id": sid})
+        verified = await again.wait("session_verified")
+        assert verified["exists"] is True and verified["status"] in ("queued", "warming")
+    finally:
+        release.set()
+    try:
+        result = await again.wait("music_continued")
+        assert result["session_id"] == sid and "redelivered" not in result["metadata"]
+        assert [d["progress"] for d in again.of("progress_update")][-1] == 100
+    finally:
+        await again.close()
