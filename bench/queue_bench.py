@@ -1,8 +1,9 @@
 """Lease grant round trip of the GPU queue gateway on loopback, at a fixed request rate, behind a 1,000-task backlog.
 
-Runs on the CPU (no GPU involved): a fresh redis-server (AOF on, fsync every second, as Dockerfile.redis) and one
-`gpu-queue-server` process. The backlog is what a busy shared server holds: a friend's batch of 500 tasks pinned to a
-busy second GPU, and 500 transforms (50 users) waiting behind the one-at-a-time transform lane. The measured
+Runs on the CPU (no GPU involved): a fresh redis-server and one `gpu-queue-server` process, twice: with AOF
+(fsync every second, as Dockerfile.redis deploys it) and without persistence (to show what fsync stalls cost).
+The backlog is what a busy shared server holds: a friend's batch of 500 tasks pinned to a busy second GPU, and
+500 transforms (50 users) waiting behind the one-at-a-time transform lane. The measured
 requests (`POST /leases`, generation lane, 1 GB, another key) fit and are granted at once; each is released right
 after (releases are extra load, timed separately). Requests are sent open-loop on a fixed schedule, so a slow
 answer cannot hide the ones queued behind it; latency is measured from the scheduled send time.
@@ -182,21 +183,13 @@ async def bench(port: int, rates: list[float], seconds: float) -> dict[str, Any]
                                                           if v["queued"]}, "runs": runs}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rate", type=float, action="append", help="requests/s (repeatable; default 200)")
-    parser.add_argument("--seconds", type=float, default=15.0)
-    args = parser.parse_args()
-    rates = args.rate or [200.0]
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found")
-    redis_version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+def run_config(exe: str, aof: bool, rates: list[float], seconds: float) -> dict[str, Any]:
+    """Fresh redis-server + one gateway process, backlog, then the timed runs."""
     with tempfile.TemporaryDirectory() as tmp:
         rport, gport = free_port(), free_port()
+        persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
         redis_proc = subprocess.Popen([exe, "--port", str(rport), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
-                                       "--appendonly", "yes", "--appendfsync", "everysec"],
-                                      stdout=subprocess.DEVNULL)
+                                       *persistence], stdout=subprocess.DEVNULL)
         wait_port(rport)
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{rport}/0", "QUEUE_GPUS": "gpu0=80000,gpu1=8000",
                "API_KEYS": "bench-key,friend-key," + ",".join(f"user-key-{i}" for i in range(5)),
@@ -208,41 +201,57 @@ def main() -> int:
         try:
             wait_port(gport)
             load_before = os.getloadavg()
-            out = asyncio.run(bench(gport, rates, args.seconds))
+            out = asyncio.run(bench(gport, rates, seconds))
             load_after = os.getloadavg()
         finally:
             gw.terminate()
             gw.wait(20)
             redis_proc.terminate()
             redis_proc.wait(10)
+    return {"redis_persistence": "AOF, fsync every second" if aof else "none", **out,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, action="append", help="requests/s (repeatable; default 200)")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    rates = args.rate or [200.0]
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server not found")
+    redis_version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+    configs = {"aof_everysec": run_config(exe, True, rates, args.seconds),  # as deployed (Dockerfile.redis)
+               "no_persistence": run_config(exe, False, rates, args.seconds)}  # isolates fsync stalls
     result = {
         "benchmark": "gpuqueue lease grant round trip (POST /leases -> granted), loopback, open-loop fixed rate",
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "redis": redis_version,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in load_after],
         "seconds_per_rate": args.seconds, "goal": "p99 <= 2 ms at 200 req/s with 1,000 queued tasks",
-        **out,
+        "configs": configs,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "queue.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = ["| rate (req/s) | achieved | grant p50 | grant p90 | grant p99 | max | release p50 | release p99 | errors |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for rate, r in out["runs"].items():
-        g, rel = r.get("grant", {}), r.get("release", {})
-        rows.append(f"| {rate} | {r['achieved_rate']} | {g.get('p50_ms')} ms | {g.get('p90_ms')} ms | "
-                    f"{g.get('p99_ms')} ms | {g.get('max_ms')} ms | {rel.get('p50_ms')} ms | {rel.get('p99_ms')} ms | "
-                    f"{r['errors']} |")
+    rows = ["| redis | rate (req/s) | achieved | grant p50 | grant p90 | grant p99 | max | release p50 | release p99 | "
+            "errors | load avg (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for config in configs.values():
+        for rate, r in config["runs"].items():
+            g, rel = r.get("grant", {}), r.get("release", {})
+            rows.append(f"| {config['redis_persistence']} | {rate} | {r['achieved_rate']} | {g.get('p50_ms')} ms | "
+                        f"{g.get('p90_ms')} ms | {g.get('p99_ms')} ms | {g.get('max_ms')} ms | {rel.get('p50_ms')} ms | "
+                        f"{rel.get('p99_ms')} ms | {r['errors']} | {config['load_average_before'][0]} |")
+    first = next(iter(configs.values()))
     md = [
         "# GPU queue gateway: lease grant round trip",
         "",
-        f"CPU: {result['cpu']} ({result['cpu_count']} cores, shared), Python {result['python']}, {redis_version}.",
-        f"Load average before/after: {result['load_average_before']} / {result['load_average_after']} "
-        "(other jobs were running on this machine).",
-        f"Backlog while measuring: {out['queued_during_run']} queued tasks (a friend's batch pinned to a busy "
-        "second GPU, transforms behind the one-at-a-time lane).",
-        "One gateway process (uvicorn), redis-server with AOF (fsync every second), loopback; requests sent open-loop "
-        "on a fixed schedule, latency from the scheduled send time; each grant released right after (not counted "
-        "in the grant numbers).",
+        f"CPU: {result['cpu']} ({result['cpu_count']} cores, shared with other jobs), Python {result['python']}, "
+        f"{redis_version}.",
+        f"Backlog while measuring: {first['queued_during_run']} queued tasks (a friend's batch of 500 pinned to a busy "
+        "second GPU; 500 transforms from 50 users behind the one-at-a-time lane).",
+        "One gateway process (uvicorn + uvloop, hiredis), one redis-server, loopback; requests sent open-loop on a "
+        "fixed schedule, latency from the scheduled send time; each grant released right after (releases are extra "
+        "load, not counted in the grant numbers).",
         "",
         *rows,
         "",
