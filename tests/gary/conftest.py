@@ -18,23 +18,17 @@ LEASE_TTL = 2.0  # the test gateway's lease TTL: a job longer than this lives on
 
 
 @pytest.fixture(scope="session")
-def gary_models(pytestconfig: pytest.Config) -> Path:
-    """LOCAL_MODELS_DIR with a tiny MusicGen for every catalogue name, the tiny T5 and a tiny MelodyFlow.
-
-    Kept in pytest's cache folder: the writers are deterministic and idempotent, so later runs skip the ~15 s of
-    tokenizer training."""
+def gary_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """LOCAL_MODELS_DIR with a tiny MusicGen for every catalogue name, the tiny T5 and a tiny MelodyFlow."""
     from gary.catalog import all_model_names
     from gary.musicgen.demo import install_demo
 
-    root = pytestconfig.cache.mkdir("gary-demo-models")
+    root = tmp_path_factory.mktemp("gary-demo-models")
     settings = Settings(local_models_dir=root)
     install_demo(settings, all_model_names())
-    try:
-        from terry.melodyflow.demo import install_demo as install_melodyflow
+    from terry.melodyflow.demo import install_demo as install_melodyflow
 
-        install_melodyflow(settings)
-    except ImportError:
-        pass
+    install_melodyflow(settings)
     return root
 
 
