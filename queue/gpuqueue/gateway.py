@@ -290,7 +290,8 @@ class Gateway:
                             "does not apply", http_status=409, details={"state": out.get("state")})
 
     def _after(self, out: dict[str, Any]) -> None:
-        if out.get("grants"):
+        """Wake the outbox sender when a grant queued a callback (the sender also polls, so this is only latency)."""
+        if any(g.get("notify") for g in out.get("grants", [])):
             self.notifier.wake()
 
     # --- views ---------------------------------------------------------------------------------------------------

@@ -32,6 +32,6 @@ async def reap_forever(scheduler: Scheduler, interval_s: float, on_change: Calla
             continue
         for item in out.get("expired", []):
             log.warning("lease %s: %s", item["tid"], item["action"])
-        if out.get("expired") or out.get("grants"):
+        if out.get("expired") or any(g.get("notify") for g in out.get("grants", [])):
             on_change()
         await asyncio.sleep(interval_s)

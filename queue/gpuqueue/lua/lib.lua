@@ -162,7 +162,7 @@ local function grant(c, gpu)
     outbox_add(tid, t, 'ready', t.sid .. '_' .. c.lane .. '_ready_' .. grants,
       {fence = fence, expires_at = expires, gpu = gpu.id, active = active, queued = queued, position = 0})
   end
-  return {tid = tid, gpu = gpu.id, fence = fence}
+  return {tid = tid, gpu = gpu.id, fence = fence, notify = (t.cb ~= nil and t.cb ~= '')}
 end
 
 -- One scheduling pass: grant heads in round-robin order while they fit. A head that does not fit on any GPU it
