@@ -155,6 +155,9 @@ class Gateway:
         caps = await self.gpus()
         usable = [cap for gid, cap in caps.items() if gpus is None or gid in gpus]
         if not usable:
+            if not caps:
+                raise GaryError(ErrorCode.SERVICE_UNAVAILABLE, "no GPU is registered with the gateway yet "
+                                "(set QUEUE_GPUS or GPU_VRAM_MB, or let a worker POST /gpus)", details={"retry_after": 5})
             raise GaryError(ErrorCode.BAD_REQUEST, f"no registered GPU matches {gpus}; known: {sorted(caps)}")
         if mb > max(usable):
             raise GaryError(ErrorCode.BAD_REQUEST, f"task needs {mb} MB of VRAM but the largest GPU it may use has "

@@ -169,10 +169,24 @@ def granted_vs_capacity(client: Any, script: Any | None = None) -> tuple[dict[st
 
 
 def queue_keys(client: redis_sync.Redis) -> dict[str, Any]:
-    """Every gateway key with its content (leader locks excluded: they are liveness, not queue state)."""
+    """Every gateway key with its content, compared logically (a set reloaded from the AOF may list its members in
+    another order). Leader locks are excluded: they are liveness, not queue state."""
     out: dict[str, Any] = {}
     for key in client.scan_iter(match=f"{rediskeys.QUEUE_PREFIX}*"):
         if key.startswith(rediskeys.gq_leader("")):
             continue
-        out[key] = client.dump(key)
+        kind = client.type(key)
+        if kind == "hash":
+            value: Any = client.hgetall(key)
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "stream":
+            value = client.xrange(key)
+        else:
+            value = client.get(key)
+        out[key] = (kind, value, client.ttl(key) > 0)
     return out
