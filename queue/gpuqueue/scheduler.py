@@ -3,6 +3,8 @@
 Every state change (enqueue, status, heartbeat, expiry, GPU registration) is one script that also runs the grant
 pass, so several gateway replicas can share one Redis without locks, and a crash between two steps cannot leave a
 slot half-granted. The scripts are re-sent automatically when Redis lost its script cache (e.g. after a restart).
+Every script is safe to run twice (the Redis client retries a call whose reply was lost): enqueue is idempotent
+per task, status changes and sweeps re-check state, position announcements compare-and-set, outbox claims hide.
 """
 
 from __future__ import annotations
