@@ -108,6 +108,10 @@ class Pool:
             self.free.put_nowait(conn)
 
 
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value} ms"
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -171,6 +175,25 @@ async def run_rate(pool: Pool, rate: float, seconds: float) -> dict[str, Any]:
     return summary
 
 
+async def run_serial(conn: Conn, n: int) -> dict[str, Any]:
+    """One request at a time: the gateway's own cost per grant, without queueing behind other requests."""
+    loop = asyncio.get_running_loop()
+    grant_ms: list[float] = []
+    key = {"X-API-Key": "bench-key"}
+    for i in range(n):
+        t = loop.time()
+        status, body = await conn.request("POST", "/leases", {"model": "facebook/musicgen-small", "lane": "generation",
+                                                              "owner": "bench", "session_id": f"serial-{i}",
+                                                              "vram_mb": 1000}, key)
+        grant_ms.append((loop.time() - t) * 1000)
+        assert status == 200 and body["status"] == "granted", body
+        await conn.request("POST", f"/leases/{body['lease_id']}/release", {"fencing_token": body["fencing_token"]}, key)
+    return {"requests": n, "errors": 0, "achieved_rate": None,
+            "grant": {"p50_ms": round(pct(grant_ms, 0.5), 3), "p90_ms": round(pct(grant_ms, 0.9), 3),
+                      "p99_ms": round(pct(grant_ms, 0.99), 3), "max_ms": round(max(grant_ms), 3),
+                      "mean_ms": round(statistics.fmean(grant_ms), 3)}}
+
+
 async def bench(port: int, rates: list[float], seconds: float) -> dict[str, Any]:
     pool = Pool(port, 64)
     await fill_backlog(pool)
@@ -178,6 +201,7 @@ async def bench(port: int, rates: list[float], seconds: float) -> dict[str, Any]
     queued = {lane: info["queued"] for lane, info in snapshot["lanes"].items() if info["queued"]}
     await run_rate(pool, 100, 2)  # warm-up: connections, script cache, caches
     runs = {f"{rate:g}": await run_rate(pool, rate, seconds) for rate in rates}
+    runs["serial"] = await run_serial(Conn(port), 1000)
     _, after = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
     return {"queued_during_run": queued, "queued_after": {k: v["queued"] for k, v in after["lanes"].items()
                                                           if v["queued"]}, "runs": runs}
@@ -238,9 +262,9 @@ def main() -> int:
     for config in configs.values():
         for rate, r in config["runs"].items():
             g, rel = r.get("grant", {}), r.get("release", {})
-            rows.append(f"| {config['redis_persistence']} | {rate} | {r['achieved_rate']} | {g.get('p50_ms')} ms | "
-                        f"{g.get('p90_ms')} ms | {g.get('p99_ms')} ms | {g.get('max_ms')} ms | {rel.get('p50_ms')} ms | "
-                        f"{rel.get('p99_ms')} ms | {r['errors']} | {config['load_average_before'][0]} |")
+            rows.append(f"| {config['redis_persistence']} | {rate} | {r['achieved_rate'] or '-'} | {g.get('p50_ms')} ms | "
+                        f"{g.get('p90_ms')} ms | {g.get('p99_ms')} ms | {g.get('max_ms')} ms | {ms(rel.get('p50_ms'))} | "
+                        f"{ms(rel.get('p99_ms'))} | {r['errors']} | {config['load_average_before'][0]} |")
     first = next(iter(configs.values()))
     md = [
         "# GPU queue gateway: lease grant round trip",
@@ -251,7 +275,7 @@ def main() -> int:
         "second GPU; 500 transforms from 50 users behind the one-at-a-time lane).",
         "One gateway process (uvicorn + uvloop, hiredis), one redis-server, loopback; requests sent open-loop on a "
         "fixed schedule, latency from the scheduled send time; each grant released right after (releases are extra "
-        "load, not counted in the grant numbers).",
+        "load, not counted in the grant numbers). `serial`: one request at a time (the gateway's own cost).",
         "",
         *rows,
         "",
