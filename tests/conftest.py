@@ -4,35 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servers import MongoServer, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 class RedisServer:
@@ -106,30 +86,10 @@ def secantusd_command() -> list[str]:
     raise RuntimeError("secantusd-py not found: .ci/run installs secantusdb==0.7.0b3 into .venv-secantus")
 
 
-class MongoServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        cmd = [*secantusd_command(), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path", ":memory:",
-               "--standalone"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, timeout=60, proc=self.proc)
-
-    @property
-    def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 @pytest.fixture(scope="session")
 def mongo_server() -> Iterator[MongoServer]:
-    server = MongoServer()
+    server = MongoServer(lambda port: [*secantusd_command(), "--host", "127.0.0.1", "--port", str(port),
+                                       "--storage-path", ":memory:", "--standalone"])
     yield server
     server.stop()
 

@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+from servers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +28,6 @@ def _wav_b64(seconds: float = 3.0, sr: int = 44100) -> str:
     buf = io.BytesIO()
     sf.write(buf, data.astype(np.float32), sr, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _listening(port: int) -> bool:

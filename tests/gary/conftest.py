@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import redis
-from gary_helpers import ThreadedServer
 from garycommon.settings import Settings
+from servers import ThreadedServer, free_port
 
 OUTPUT_SECONDS = 2.0  # short generations keep the suite fast on CPU
 LEASE_TTL = 2.0  # the test gateway's lease TTL: a job longer than this lives only through heartbeats
@@ -71,8 +71,6 @@ def make_gary(redis_server: Any, gary_models: Path, transfer_dir: Path, tmp_path
     started: list[ThreadedServer] = []
 
     def make(**overrides: Any) -> Gary:
-        from gary_helpers import free_port
-
         port = free_port()
         values: dict[str, Any] = dict(
             redis_url=redis_server.url, queue_url="", session_store="sqlite",

@@ -1,82 +1,18 @@
-"""Helpers for gary's tests: a threaded uvicorn server, test audio, and a recording Socket.IO client."""
+"""Helpers for gary's tests: test audio and a recording Socket.IO client (servers come from tests/servers.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import soundfile as sf
-import uvicorn
-from garycommon.httpapp import WS_MAX_BYTES
 
 MODEL = "thepatch/vanya_ai_dnb_0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_listening(port: int, proc: Any, within: float = 90.0) -> None:
-    """Until a child process listens on `port` (fails at once if it exits)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {port} after {within}s")
-
-
-class ThreadedServer:
-    """uvicorn on a background thread with its own loop, configured like `run_uvicorn` (64 MiB websocket cap)."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.app = app
-        self.port = port or free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                ws_max_size=WS_MAX_BYTES, ws_ping_interval=None)
-        self.server = uvicorn.Server(config)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve())
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        """Run a coroutine on the server's loop (to inspect the state the server owns)."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 def wav_bytes(seconds: float, rate: int = 44100, channels: int = 2, *, left_hz: float = 220.0, right_hz: float = 330.0,

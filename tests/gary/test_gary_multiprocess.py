@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import OUTPUT_SECONDS, Gary
-from gary_helpers import MODEL, free_port, recorder, wait_listening, wav_b64
+from gary_helpers import MODEL, recorder, wav_b64
+from servers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def other_process(redis_server: Any, gateway: str, gary_models: Path, transfer_d
                              "--host", "127.0.0.1", "--port", str(port), "--demo"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_listening(port, proc)
+        wait_port(port, 90, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -7,9 +7,6 @@ The handle builds stores on isolated storage (a tmp folder / a fresh database) a
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +15,7 @@ from typing import Any
 import pymongo
 import pytest
 from garycommon.settings import Settings
+from servers import MongoServer
 
 from gary.sessions import SessionStore
 from gary.sessions.mongo import MongoSessionStore
@@ -34,52 +32,17 @@ def secantus_python() -> Path:
     return Path(exe).parent / "python" if exe else ROOT / ".venv-secantus" / "bin" / "python"
 
 
-def listening_port(proc: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"fast-TTL secantus exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"fast-TTL secantus not listening on {port}")
-
-
-class FastTtlMongo:
+def fast_ttl_mongo_server() -> MongoServer:
     """SecantusDB started through its Python server class so its TTL monitor runs every 0.25 s."""
-
-    def __init__(self) -> None:
-        python = secantus_python()
-        if not python.exists():
-            raise RuntimeError(f"{python} missing: .ci/run installs secantusdb into .venv-secantus")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.proc = subprocess.Popen(
-            [str(python), str(HERE / "secantus_fast_ttl.py"), str(self.port), str(TTL_SWEEP_SECONDS)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        listening_port(self.proc, self.port)
-
-    @property
-    def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+    python = secantus_python()
+    if not python.exists():
+        raise RuntimeError(f"{python} missing: .ci/run installs secantusdb into .venv-secantus")
+    return MongoServer(lambda port: [str(python), str(HERE / "secantus_fast_ttl.py"), str(port), str(TTL_SWEEP_SECONDS)])
 
 
 @pytest.fixture(scope="session")
-def fast_ttl_mongo() -> Iterator[FastTtlMongo]:
-    server = FastTtlMongo()
+def fast_ttl_mongo() -> Iterator[MongoServer]:
+    server = fast_ttl_mongo_server()
     yield server
     server.stop()
 

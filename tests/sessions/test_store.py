@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ import pytest
 from bson import ObjectId
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.settings import Settings
+from servers import free_port
 
 from gary.sessions import AUDIO_SLOTS, SessionStore, open_session_store
 from gary.sessions.mongo import MongoSessionStore
@@ -351,9 +351,7 @@ async def test_leftovers_of_interrupted_writes_are_swept(backend: Backend) -> No
 async def test_ping(backend: Backend, tmp_path: Any) -> None:
     await backend.make().ping()
     if backend.kind == "mongo":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dead = s.getsockname()[1]
+        dead = free_port()
         settings = backend.settings(mongodb_url=f"mongodb://127.0.0.1:{dead}/?directConnection=true")
         down: SessionStore = MongoSessionStore(settings, timeout_ms=300, sweep_interval=None)
     else:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from garycommon.settings import Settings
-from terry_helpers import MODEL, GarySocketIO, Terry, ThreadedServer
+from servers import ThreadedServer
+from terry_helpers import MODEL, GarySocketIO, Terry, serve
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +43,7 @@ def make_terry(request: pytest.FixtureRequest, redis_server: Any, tmp_path_facto
         )
         values.update(overrides)
         settings = Settings(**values)
-        server = ThreadedServer(create_app(settings)).start()
+        server = serve(create_app(settings))
         started.append(server)
         return Terry(server, settings)
 
@@ -66,6 +67,6 @@ def gary(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     settings = Settings(redis_url=redis_server.url, queue_url="", session_store="sqlite",
                         data_dir=tmp_path_factory.mktemp("gary-data"), transfer_dir=tmp_path_factory.mktemp("gary-tx"),
                         device="cpu", log_level="WARNING")
-    server = ThreadedServer(create_app(settings)).start()
+    server = serve(create_app(settings))
     yield GarySocketIO(server, redis_server.url, settings.socketio_channel)
     server.stop()

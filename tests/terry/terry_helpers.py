@@ -1,73 +1,25 @@
-"""Helpers for terry tests: a threaded uvicorn server, test audio, and a Socket.IO client in gary's rooms."""
+"""Helpers for terry tests: terry's threaded uvicorn servers, test audio, and a Socket.IO client in gary's rooms."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import uvicorn
 from garycommon.audio import encode_wav
 from garycommon.settings import Settings
+from servers import ThreadedServer
 
 MODEL = "facebook/melodyflow-t24-30secs"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ThreadedServer:
-    """uvicorn serving an ASGI app on a background thread (its own event loop), stopped cleanly."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve())
-        pending = asyncio.all_tasks(self.loop)  # e.g. the Socket.IO Redis listener: stop it before closing the loop
-        for task in pending:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ThreadedServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        """Run a coroutine on the server's loop (to inspect or poke the service it owns)."""
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+def serve(app: Any) -> ThreadedServer:
+    """terry's test servers: must start within 30 s; graceful shutdown gives open requests 1 s."""
+    return ThreadedServer(app, graceful_timeout=1, start_within=30).start()
 
 
 @dataclass

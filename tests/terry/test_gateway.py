@@ -13,7 +13,7 @@ import pytest
 import redis
 from garycommon.queueclient import QueueClient
 from garycommon.settings import Settings
-from terry_helpers import Terry, ThreadedServer, until, wav_b64
+from terry_helpers import Terry, serve, until, wav_b64
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def gateway(redis_server: Any) -> Iterator[str]:
     redis.Redis.from_url(url).flushdb()
     settings = Settings(redis_url=url, gary_url="", queue_gpus="gpu0=24000", queue_lease_ttl_seconds=2.0,
                         queue_reaper_interval_seconds=0.05, queue_position_interval_seconds=0.1, log_level="WARNING")
-    server = ThreadedServer(create_app(settings)).start()
+    server = serve(create_app(settings))
     yield server.url
     server.stop()
 

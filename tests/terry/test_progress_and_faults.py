@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 import torch
 from garycommon.progress import RedisRoomEmitter, StatusStore
 from garycommon.settings import Settings
-from terry_helpers import GarySocketIO, ThreadedServer, free_port, listen, wav_b64
+from servers import free_port
+from terry_helpers import GarySocketIO, listen, serve, wav_b64
 
 from terry.progress import TransformProgress
 
@@ -74,7 +75,7 @@ def test_gpu_out_of_memory_is_503_not_400(redis_server: Any, tmp_path: Path) -> 
 
     settings = Settings(redis_url=redis_server.url, queue_url="", transfer_dir=tmp_path, device="cpu",
                         log_level="WARNING")
-    server = ThreadedServer(create_app(settings, loader=loader)).start()
+    server = serve(create_app(settings, loader=loader))
     try:
         resp = httpx.post(f"{server.url}/transform", json={"session_id": "oom", "variation": "celtic",
                                                             "audio": wav_b64(1.5)}, timeout=30)
