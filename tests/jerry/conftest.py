@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from garycommon.settings import Settings
-from jerry_helpers import JerryServer, free_port, jerry_settings, start_server
+from jerry_helpers import JerryServer, jerry_settings, start_server
+from servers import ThreadedServer
 
 
 @pytest.fixture(scope="session")
@@ -23,25 +21,16 @@ def gateway(redis_server: object) -> Iterator[str]:
     redis.Redis.from_url(url).flushdb()
     settings = Settings(redis_url=url, gary_url="", queue_gpus="gpu0=24000", queue_lease_ttl_seconds=2.0,
                         queue_reaper_interval_seconds=0.05, queue_position_interval_seconds=0.1, log_level="WARNING")
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_gateway(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    server = ThreadedServer(create_gateway(settings), graceful_timeout=1, start_within=30).start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="session")
 def jerry(tmp_path_factory: pytest.TempPathFactory, gateway: str) -> Iterator[JerryServer]:
-    js, server, thread = start_server(jerry_settings(tmp_path_factory.mktemp("jerry"), queue_url=gateway))
+    js, server = start_server(jerry_settings(tmp_path_factory.mktemp("jerry"), queue_url=gateway))
     yield js
-    server.should_exit = True
-    thread.join(30)
+    server.stop()
 
 
 @pytest.fixture

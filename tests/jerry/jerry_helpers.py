@@ -1,11 +1,9 @@
-"""Helpers for jerry's tests: a real server on a free port (uvicorn in a thread) serving the demo model, which is
+"""Helpers for jerry's tests: a real server on a free port (tests/servers.py's ThreadedServer) serving the demo model, which is
 written in the published SAO-small layout and loaded through the production loading code; test audio and WAV checks."""
 
 from __future__ import annotations
 
 import io
-import socket
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,18 +11,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
-import uvicorn
 from garycommon.settings import MiB, Settings
+from servers import ThreadedServer
 
 from jerry.app import create_app
 
 MAX_UPLOAD = 2 * MiB
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -45,27 +37,23 @@ def jerry_settings(root: Path, **extra: object) -> Settings:
     return Settings(**{**fields, **extra})
 
 
-def start_server(settings: Settings, *, expect: int = 200) -> tuple[JerryServer, uvicorn.Server, threading.Thread]:
+def start_server(settings: Settings, *, expect: int = 200) -> tuple[JerryServer, ThreadedServer]:
     """Serve `settings` on a free port; returns once /health answers `expect` (200 ready, 503 failed to load)."""
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
+    app = create_app(settings)
+    server = ThreadedServer(app).start()
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(f"{url}/health", timeout=2)
+            r = httpx.get(f"{server.url}/health", timeout=2)
             if r.status_code == expect and r.json()["status"] != "loading":
                 break
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     else:
-        server.should_exit = True
+        server.stop()
         raise RuntimeError(f"jerry /health did not answer {expect}")
-    return JerryServer(url, app, app.state.jerry.settings), server, thread
+    return JerryServer(server.url, app, app.state.jerry.settings), server
 
 
 def wav_bytes(seconds: float = 2.0, sr: int = 44100, channels: int = 2, freq: float = 220.0, fmt: str = "WAV",

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from jerry_helpers import JerryServer, free_port, jerry_settings, start_server
+from jerry_helpers import JerryServer, jerry_settings, start_server
+from servers import free_port
 
 import jerry.models as jerry_models
 from jerry.sao.demo import write_demo_checkpoint
@@ -28,7 +29,7 @@ def test_unloadable_model_is_503_with_a_reason_and_heals(tmp_path: Path, jerry: 
     folder = settings.local_models_dir / "stabilityai" / "stable-audio-open-small"
     folder.mkdir(parents=True)  # no files in it yet
     (settings.local_models_dir / "t5-base").symlink_to(jerry.settings.local_models_dir / "t5-base")
-    js, server, thread = start_server(settings, expect=503)
+    js, server = start_server(settings, expect=503)
     try:
         with httpx.Client(base_url=js.url, timeout=30) as http:
             health = http.get("/health")
@@ -51,8 +52,7 @@ def test_unloadable_model_is_503_with_a_reason_and_heals(tmp_path: Path, jerry: 
                 time.sleep(0.2)
             assert http.post("/generate", json={"prompt": "x", "steps": 1, "seconds_total": 1}).status_code == 200
     finally:
-        server.should_exit = True
-        thread.join(30)
+        server.stop()
 
 
 def test_jerry_server_console_script_demo(tmp_path: Path, jerry: JerryServer) -> None:
