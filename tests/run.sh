@@ -37,16 +37,20 @@ if [ -f tests/node/package.json ]; then
   (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+set +e
 echo "== ruff"
 "$V/ruff" check .
-
+lint=$?
 echo "== pytest"
-set +e
 "$V/python" -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests for the given selection"
-  exit 0
+  rc=0
+fi
+if [ "$lint" -ne 0 ]; then
+  echo "ruff found problems (see above)"
+  [ "$rc" -ne 0 ] || rc=$lint
 fi
 exit "$rc"
