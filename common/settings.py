@@ -104,6 +104,10 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Queue gateway: how often queued callers are told about position changes"
     )
     queue_callback_timeout_seconds: float = Field(5.0, gt=0, description="Queue gateway: timeout of one callback POST")
+    queue_callback_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Queue gateway: hosts a task's callback_url may name (empty = GARY_URL's host and loopback)",
+    )
     queue_callback_attempts: int = Field(8, ge=1, description="Queue gateway: deliveries tried per notification")
     queue_callback_backoff_seconds: float = Field(
         0.5, gt=0, description="Queue gateway: first retry delay of a failed callback (doubles, capped at 30 s, jittered)"
@@ -159,10 +163,19 @@ class Settings(BaseSettings):
     )
     jerry_lease_vram_mb: int = Field(3000, gt=0, description="jerry: VRAM of the permanent resident lease it holds")
 
-    @field_validator("model_allow_owners", "api_keys", "queue_lanes", mode="before")
+    @field_validator("model_allow_owners", "api_keys", "queue_lanes", "queue_callback_hosts", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @property
+    def callback_hosts(self) -> set[str]:
+        """Where the gateway may POST callbacks: never an arbitrary host a key holder names (no SSRF)."""
+        from urllib.parse import urlsplit
+
+        if self.queue_callback_hosts:
+            return set(self.queue_callback_hosts)
+        return {h for h in (urlsplit(self.gary_url).hostname, "127.0.0.1", "localhost", "::1") if h}
 
     @property
     def hf_token_value(self) -> str | None:

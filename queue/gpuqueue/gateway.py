@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from garycommon import rediskeys
@@ -181,6 +182,9 @@ class Gateway:
             owner = client
             kind = "callback" if (req.callback_url or (req.callback_url is None and lane in GARY_LANES
                                                         and self.settings.gary_url)) else "pull"
+        if req.callback_url and urlsplit(req.callback_url).hostname not in self.settings.callback_hosts:
+            raise GaryError(ErrorCode.BAD_REQUEST, f"callback_url host {urlsplit(req.callback_url).hostname!r} is not "
+                            "allowed (QUEUE_CALLBACK_HOSTS)", http_status=403)
         callback = req.callback_url if req.callback_url else (self.settings.gary_url.rstrip("/")
                                                                if kind == "callback" else "")
         mb = await self.lease_size(lane, model, req.vram_mb, req.gpus)

@@ -28,6 +28,8 @@ BAD_REQUESTS: list[tuple[str, str, object, int, str]] = [
     ("POST", "/tasks", {"session_id": "s", "data": "x" * 40000}, 400, "data is 40000 characters"),
     ("POST", "/tasks", {"session_id": "s", "callback_url": "ftp://host/x"}, 400, "callback_url must be an http(s) URL"),
     ("POST", "/tasks", {"session_id": "s", "callback_url": "http://"}, 400, "callback_url"),
+    # a key holder must not make the gateway POST to arbitrary hosts (SSRF): only GARY_URL's host and loopback
+    ("POST", "/tasks", {"session_id": "s2", "callback_url": "http://169.254.169.254/x"}, 403, "is not allowed"),
     ("POST", "/tasks", {"session_id": "s", "gpus": []}, 400, "gpus"),
     ("POST", "/tasks", {"session_id": "s", "gpus": ["nope"]}, 400, "no registered GPU matches"),
     ("POST", "/tasks", {"session_id": "s", "client_key": "x y"}, 400, "client_key"),
