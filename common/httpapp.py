@@ -78,3 +78,22 @@ def run_uvicorn(app: Any, host: str, port: int, log_level: str = "info") -> None
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), ws_max_size=WS_MAX_BYTES, ws_ping_interval=None)
+
+
+def serve_main(name: str, default_port: int, app_module: str, log_name: str, argv: list[str] | None = None) -> int:
+    """What every `*-server` console script does: parse `--host --port --demo`, read settings from the environment,
+    set up logging, then import `app_module` (after logging, so its import-time logs are formatted) and serve its
+    `create_app(settings)`."""
+    import importlib
+
+    from .logs import setup_logging
+    from .settings import get_settings
+
+    args = server_args(name, default_port, argv)
+    settings = get_settings()
+    if args.demo:
+        settings = settings.model_copy(update={"demo_models": True})
+    setup_logging(log_name, settings.log_level)
+    app = importlib.import_module(app_module).create_app(settings)
+    run_uvicorn(app, args.host, args.port, settings.log_level)
+    return 0
