@@ -7,6 +7,7 @@ never know which one runs; validation lives here so neither backend can forget i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -136,17 +137,50 @@ def check_fields(fields: object) -> dict[str, Any]:
     return fields
 
 
-def start_sweeper(sweep: Callable[[], Awaitable[dict[str, int]]], interval: float) -> asyncio.Task[None]:
-    """Run `sweep` every `interval` seconds until cancelled; a failed pass is logged and retried, never fatal."""
+async def copy_slot(
+    get: Callable[[str, AudioSlot], Awaitable[bytes | None]],
+    put: Callable[[str, AudioSlot, bytes], Awaitable[None]],
+    session_id: str, src: AudioSlot, dst: AudioSlot,
+) -> bool:
+    """`copy_audio` for both backends: `get` reads the source slot, `put` (the backend's internal write: the bytes were
+    accepted once already) stores it in `dst`; False when `src` holds nothing."""
+    check_session_id(session_id)
+    check_slot(src)
+    check_slot(dst)
+    data = await get(session_id, src)
+    if data is None:
+        return False
+    if src != dst:
+        await put(session_id, dst, data)
+    return True
 
-    async def loop() -> None:
+
+class Sweeper:
+    """A store's background sweep: `sweep` every `interval` seconds (None or 0: never), started on the store's first
+    use (it needs a running loop) and stopped by its `aclose`. A failed pass is logged and retried, never fatal."""
+
+    def __init__(self, sweep: Callable[[], Awaitable[dict[str, int]]], interval: float | None) -> None:
+        self._sweep = sweep
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_started(self) -> None:
+        if self._interval and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(self._interval), name="gary-session-sweeper")
+
+    async def _loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
             try:
-                removed = await sweep()
+                removed = await self._sweep()
                 if any(removed.values()):
                     log.info("session sweep removed %s", removed)
             except Exception:
                 log.exception("session sweep failed; retrying in %.0f s", interval)
 
-    return asyncio.get_running_loop().create_task(loop(), name="gary-session-sweeper")
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None

@@ -15,7 +15,6 @@ transactions). The sweep deletes pending files that a crash left unreferenced.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -34,12 +33,13 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailur
 from .base import (
     DEFAULT_SWEEP_SECONDS,
     AudioSlot,
+    Sweeper,
     check_audio,
     check_fields,
     check_session_id,
     check_slot,
+    copy_slot,
     cutoff,
-    start_sweeper,
     utcnow,
 )
 
@@ -57,7 +57,6 @@ class MongoSessionStore:
     ) -> None:
         self._ttl = settings.session_ttl_seconds
         self._max_audio = settings.max_audio_bytes
-        self._sweep_interval = sweep_interval
         self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
             settings.mongodb_url,
             tz_aware=True,
@@ -72,7 +71,7 @@ class MongoSessionStore:
         self._files: AsyncCollection[dict[str, Any]] = db["fs.files"]
         self._bucket = AsyncGridFSBucket(db, bucket_name="fs")
         self._ready = False
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Sweeper(self.sweep, sweep_interval)
 
     # -- plumbing -----------------------------------------------------------------------------------------------------
 
@@ -101,8 +100,7 @@ class MongoSessionStore:
         await self._files.create_index([("metadata.session_created_at", ASCENDING)])
         await self._files.create_index([("metadata.pending", ASCENDING)], sparse=True)
         self._ready = True
-        if self._sweep_interval and self._sweeper is None:
-            self._sweeper = start_sweeper(self.sweep, self._sweep_interval)
+        self._sweeper.ensure_started()
 
     async def _ensure_ttl_index(self) -> None:
         try:
@@ -265,16 +263,11 @@ class MongoSessionStore:
             return ref is not None and await self._files.find_one({"_id": ref}, projection={"_id": 1}) is not None
 
     async def copy_audio(self, session_id: str, src: AudioSlot, dst: AudioSlot) -> bool:
-        check_session_id(session_id)
-        check_slot(src)
-        check_slot(dst)
-        data = await self.get_audio(session_id, src)
-        if data is None:
-            return False
-        if src != dst:
-            async with self._guard():
-                await self._put(session_id, dst, data)
-        return True
+        return await copy_slot(self.get_audio, self._put_guarded, session_id, src, dst)
+
+    async def _put_guarded(self, session_id: str, slot: str, data: bytes) -> None:
+        async with self._guard():
+            await self._put(session_id, slot, data)
 
     async def delete(self, session_id: str) -> None:
         check_session_id(session_id)
@@ -314,9 +307,5 @@ class MongoSessionStore:
             await self._client.admin.command("ping")
 
     async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.stop()
         await self._client.close()

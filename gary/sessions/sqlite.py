@@ -36,11 +36,12 @@ from garycommon.settings import Settings
 from .base import (
     DEFAULT_SWEEP_SECONDS,
     AudioSlot,
+    Sweeper,
     check_audio,
     check_fields,
     check_session_id,
     check_slot,
-    start_sweeper,
+    copy_slot,
     utcnow,
 )
 
@@ -83,10 +84,9 @@ class SqliteSessionStore:
         self._audio = self._root / "audio"
         self._ttl = float(settings.session_ttl_seconds)
         self._max_audio = settings.max_audio_bytes
-        self._sweep_interval = sweep_interval
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gary-sessions-sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Sweeper(self.sweep, sweep_interval)
 
     # -- plumbing (everything named _db_* runs on the database thread) ------------------------------------------------
 
@@ -99,8 +99,7 @@ class SqliteSessionStore:
             raise
         except (sqlite3.Error, OSError) as exc:
             raise GaryError(ErrorCode.SERVICE_UNAVAILABLE, f"session storage unavailable: {exc}") from exc
-        if self._sweep_interval and self._sweeper is None:
-            self._sweeper = start_sweeper(self.sweep, self._sweep_interval)
+        self._sweeper.ensure_started()
         return result
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
@@ -311,15 +310,7 @@ class SqliteSessionStore:
         return path is not None and await self._io(path.is_file)
 
     async def copy_audio(self, session_id: str, src: AudioSlot, dst: AudioSlot) -> bool:
-        check_session_id(session_id)
-        check_slot(src)
-        check_slot(dst)
-        data = await self.get_audio(session_id, src)
-        if data is None:
-            return False
-        if src != dst:
-            await self._put(session_id, dst, data)
-        return True
+        return await copy_slot(self.get_audio, self._put, session_id, src, dst)
 
     async def delete(self, session_id: str) -> None:
         check_session_id(session_id)
@@ -336,11 +327,7 @@ class SqliteSessionStore:
         await self._call(self._db_ping)
 
     async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(BaseException):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.stop()
         if self._conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._db, self._conn.close)
             self._conn = None
