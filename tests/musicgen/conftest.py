@@ -4,28 +4,18 @@ xformers wheel exists, gary.musicgen.reference registers a minimal stand-in (see
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from garycommon.settings import Settings
 from garycommon.textenc import write_tiny_t5
+from torch_threads import one_torch_thread  # noqa: F401 - autouse: this folder runs on one torch thread
 
 from gary.musicgen.demo import compression_xp_cfg, lm_xp_cfg, save_checkpoint, write_demo_checkpoint
 
 MONO = "testowner/tiny-mono"
 STEREO = "testowner/tiny-stereo"
 SHORT_WINDOW = "testowner/tiny-19s"  # a 19 s window (audiocraft needs > 18 s) with one layer: cheap long runs
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # The CI box has 2 cores shared by many test processes: intra-op threads only add contention for tiny models.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from garycommon.settings import Settings
+from torch_threads import one_torch_thread  # noqa: F401 - autouse: this folder runs on one torch thread
 
 from terry.melodyflow import MelodyFlowEngine
 from terry.melodyflow.demo import REPO_ID, install_demo
-
-
-@pytest.fixture(scope="package", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The tiny model is all small ops: one intra-op thread avoids OpenMP spin contention on a busy 2-core runner."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
