@@ -62,7 +62,9 @@ class Settings(BaseSettings):
         "", description="Queue gateway: GPUs as `id=MB,...` (e.g. `hostA/0=80000,hostA/1=80000`); empty = GPU_VRAM_MB or detected"
     )
     queue_reserve_mb: int = Field(
-        1024, ge=0, description="Queue gateway: MB kept free per detected GPU for CUDA contexts (configured sizes used as given)"
+        2560, ge=0,
+        description="Queue gateway: MB kept free per detected GPU for the CUDA contexts of the GPU services (~800 MB each for "
+        "gary, jerry and terry; leases don't count them); configured sizes are used as given",
     )
     queue_fallback_capacity_mb: int = Field(
         24000, gt=0, description="Queue gateway: size of the placeholder GPU used when none is configured, detected or registered"
