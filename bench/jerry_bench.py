@@ -14,7 +14,6 @@ import argparse
 import importlib
 import importlib.abc
 import importlib.machinery
-import importlib.util
 import json
 import statistics
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from checkout import use_checkout  # bench/ is the script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "jerry_engine")]
@@ -68,19 +68,6 @@ def _import_stock() -> Callable[..., Any]:
     raise RuntimeError("stable-audio-tools could not be imported")
 
 
-def _ensure_garycommon() -> None:
-    """The device machine has the repo but no install: map the `common/` folder to its import name."""
-    try:
-        importlib.import_module("garycommon")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location("garycommon", ROOT / "common" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "common")])
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["garycommon"] = module
-        spec.loader.exec_module(module)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -112,7 +99,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script on purpose: it runs ins
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    _ensure_garycommon()
+    use_checkout()
     from garycommon.settings import Settings
     from garycommon.textenc import write_tiny_t5
     from safetensors.torch import save_file

@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.machinery
-import importlib.util
 import json
 import sys
 import time
 import types
 from pathlib import Path
 from typing import Any
+
+from checkout import use_checkout  # bench/ is the script's folder, first on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"small": (1024, 16, 24), "medium": (1536, 24, 48), "large": (2048, 32, 48)}
@@ -45,14 +46,7 @@ def bootstrap() -> None:
     for extra in (ROOT / ".whl-musicgen" / "site312", ROOT / ".whl-musicgen" / "site"):
         if extra.is_dir():
             sys.path.insert(0, str(extra))
-    sys.path.insert(0, str(ROOT))
-    if importlib.util.find_spec("garycommon") is None:
-        spec = importlib.util.spec_from_file_location("garycommon", ROOT / "common" / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT / "common")])
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["garycommon"] = module
-        spec.loader.exec_module(module)
+    use_checkout()
     # transformers caches which optional packages exist: settle that before any stand-in is registered
     from transformers import AutoTokenizer, T5Config, T5EncoderModel, T5TokenizerFast  # noqa: F401
 

@@ -27,22 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from checkout import use_checkout  # bench/ is the script's folder, first on sys.path
 
-
-def _paths() -> None:
-    sys.path.insert(0, str(ROOT))
-    if importlib.util.find_spec("garycommon") is None:
-        spec = importlib.util.spec_from_file_location(
-            "garycommon", ROOT / "common" / "__init__.py", submodule_search_locations=[str(ROOT / "common")]
-        )
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["garycommon"] = module
-        spec.loader.exec_module(module)
-
-
-_paths()
+use_checkout()
 
 import torch  # noqa: E402
 
