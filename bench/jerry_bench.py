@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from checkout import use_checkout  # bench/ is the script's folder, first on sys.path
+from timing import run_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "jerry_engine")]
@@ -68,19 +69,8 @@ def _import_stock() -> Callable[..., Any]:
     raise RuntimeError("stable-audio-tools could not be imported")
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn: Callable[[], Any], reps: int, device: torch.device) -> dict[str, float]:
-    times = []
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
+    times = [seconds * 1000 for seconds in run_seconds(fn, device, reps)]
     return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": reps}
 
 

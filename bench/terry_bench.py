@@ -32,6 +32,7 @@ from checkout import use_checkout  # bench/ is the script's folder, first on sys
 use_checkout()
 
 import torch  # noqa: E402
+from timing import run_seconds  # noqa: E402
 
 from terry.melodyflow.checkpoint import codec_config, dit_config  # noqa: E402
 from terry.melodyflow.codec import SEANetVAE  # noqa: E402
@@ -39,11 +40,6 @@ from terry.melodyflow.demo import REAL_CODEC_CFG, REAL_DIT_CFG, tiny_configs  # 
 from terry.melodyflow.dit import FlowDiT  # noqa: E402
 from terry.melodyflow.engine import EULER_REGULARIZATION, MelodyFlowEngine  # noqa: E402
 from terry.melodyflow.solver import integrate  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def build(tiny: bool, device: torch.device) -> tuple[FlowDiT, SEANetVAE, dict[str, Any]]:
@@ -137,13 +133,7 @@ def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[li
     """(seconds per run, peak MiB allocated during the runs)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
+    times = run_seconds(fn, device, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else 0.0
     return times, peak
 
