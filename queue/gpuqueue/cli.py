@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     args = server_args("gpu-queue-server", 8085, argv)  # --demo is accepted for symmetry: the gateway loads no model
     settings = Settings()
     setup_logging("gpu-queue", settings.log_level)
-    run_uvicorn(create_app(settings), args.host, args.port, settings.log_level)
+    run_uvicorn(create_app(settings, freeze_heap=True), args.host, args.port, settings.log_level)
     return 0
 
 
