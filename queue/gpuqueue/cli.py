@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from garycommon.httpapp import run_uvicorn, server_args
+import uvicorn
+from garycommon.httpapp import server_args
 from garycommon.logs import setup_logging
 from garycommon.settings import Settings
 
 from .app import create_app
+from .oneshot import OneWriteHttpToolsProtocol
 
 
 def main(argv: list[str] | None = None) -> int:
     args = server_args("gpu-queue-server", 8085, argv)  # --demo is accepted for symmetry: the gateway loads no model
     settings = Settings()
     setup_logging("gpu-queue", settings.log_level)
-    run_uvicorn(create_app(settings, freeze_heap=True), args.host, args.port, settings.log_level)
+    # not garycommon's run_uvicorn: the gateway serves no websockets, and answers in one write each (oneshot.py)
+    uvicorn.run(create_app(settings, freeze_heap=True), host=args.host, port=args.port,
+                log_level=settings.log_level.lower(), http=OneWriteHttpToolsProtocol)
     return 0
 
 
