@@ -171,11 +171,18 @@ end
 local function schedule()
   local grants = {}
   local gpus = load_gpus()
+  -- Within one pass only a grant changes what was read: the granted client's lane (its heads and running count)
+  -- and that client's head task. Everything else is read once per pass, not once per grant.
+  local lane_heads, head_info = {}, {}
   for _ = 1, CFG.max_grants do
     local cand = {}
     for lane, cap in pairs(CFG.lanes) do
       if cap <= 0 or redis.call('SCARD', k_active(lane)) < cap then
-        local h = redis.call('ZRANGE', k_heads(lane), 0, -1, 'WITHSCORES')
+        local h = lane_heads[lane]
+        if h == nil then
+          h = redis.call('ZRANGE', k_heads(lane), 0, -1, 'WITHSCORES')
+          lane_heads[lane] = h
+        end
         for i = 1, #h, 2 do cand[#cand + 1] = {lane = lane, client = h[i], score = tonumber(h[i + 1])} end
       end
     end
@@ -183,11 +190,21 @@ local function schedule()
     table.sort(cand, function(a, b) return a.score < b.score end)
     local blocked, exhausted, chosen, chosen_gpu = {}, {}, nil, nil
     for _, c in ipairs(cand) do
-      local sid = redis.call('LINDEX', k_q(c.lane, c.client), 0)
+      local hk = c.lane .. '\0' .. c.client
+      local info = head_info[hk]
+      if info == nil then
+        local sid = redis.call('LINDEX', k_q(c.lane, c.client), 0)
+        info = {sid = sid}
+        if sid then
+          info.t = redis.call('HMGET', k_task(c.lane .. ':' .. sid), 'mb', 'gpus', 'key', 'resident', 'bypassed')
+        end
+        head_info[hk] = info
+      end
+      local sid = info.sid
       if sid then
         c.sid = sid
         c.tid = c.lane .. ':' .. sid
-        local t = redis.call('HMGET', k_task(c.tid), 'mb', 'gpus', 'key', 'resident', 'bypassed')
+        local t = info.t
         local mb = num(t[1], 0)
         local resident = t[4] == '1'
         local key_ok = resident or CFG.key_max_active <= 0 or t[3] == 'open'
@@ -209,11 +226,11 @@ local function schedule()
           if chosen_gpu then
             chosen = c
             for _, b in ipairs(blocked) do
-              if b.elig[chosen_gpu.id] then redis.call('HINCRBY', k_task(b.tid), 'bypassed', 1) end
+              if b.elig[chosen_gpu.id] then b.t[5] = redis.call('HINCRBY', k_task(b.tid), 'bypassed', 1) end
             end
             break
           elseif any then
-            blocked[#blocked + 1] = {tid = c.tid, elig = elig}
+            blocked[#blocked + 1] = {tid = c.tid, elig = elig, t = t}
             if num(t[5], 0) >= CFG.max_bypass then
               for id in pairs(elig) do exhausted[id] = true end
             end
@@ -223,6 +240,8 @@ local function schedule()
     end
     if chosen == nil then break end
     grants[#grants + 1] = grant(chosen, chosen_gpu)
+    lane_heads[chosen.lane] = nil
+    head_info[chosen.lane .. '\0' .. chosen.client] = nil
   end
   return grants
 end
