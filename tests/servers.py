@@ -43,10 +43,11 @@ class ThreadedServer:
     so no "Task was destroyed but it is pending" noise leaks into other tests."""
 
     def __init__(self, app: Any, port: int | None = None, *, graceful_timeout: float | None = None,
-                 start_within: float = 60.0) -> None:
+                 start_within: float = 60.0, stop_within: float = 30.0) -> None:
         self.app = app
         self.port = port or free_port()
         self.start_within = start_within
+        self.stop_within = stop_within
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
                                 ws_max_size=WS_MAX_BYTES, ws_ping_interval=None,
                                 timeout_graceful_shutdown=graceful_timeout)
@@ -82,9 +83,9 @@ class ThreadedServer:
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def stop(self, join_within: float = 30.0) -> None:
+    def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(join_within)
+        self.thread.join(self.stop_within)
 
 
 class ChildServer:

@@ -13,7 +13,8 @@ import pytest
 import redis as redis_sync
 from garycommon.settings import Settings
 from gpuqueue.app import create_app
-from gq_helpers import FAST, CallbackSink, ServerThread, free_port, wait_until
+from gq_helpers import FAST, CallbackSink, serve, wait_until
+from servers import ThreadedServer, free_port
 
 
 @pytest.fixture
@@ -25,13 +26,13 @@ def sink() -> Iterator[CallbackSink]:
 
 
 @pytest.fixture
-def make_gateway(redis_url: str) -> Iterator[Callable[..., ServerThread]]:
-    """Start a gateway replica against the test's Redis: make_gateway(**settings overrides) -> ServerThread."""
-    started: list[ServerThread] = []
+def make_gateway(redis_url: str) -> Iterator[Callable[..., ThreadedServer]]:
+    """Start a gateway replica against the test's Redis: make_gateway(**settings overrides) -> ThreadedServer."""
+    started: list[ThreadedServer] = []
 
-    def make(**overrides: Any) -> ServerThread:
+    def make(**overrides: Any) -> ThreadedServer:
         values = {**FAST, "redis_url": redis_url, "gary_url": "", **overrides}
-        server = ServerThread(create_app(Settings(**values)))
+        server = serve(create_app(Settings(**values)))
         started.append(server)
         return server
 

@@ -1,28 +1,19 @@
-"""Helpers for the gateway tests: real gateway replicas (uvicorn on free ports, in threads), a real callback receiver
+"""Helpers for the gateway tests: real gateway replicas (ThreadedServer, free ports), a real callback receiver
 whose behaviour (ok / failing / slow / down) a test can switch, and a Redis-side invariant check."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redis_sync
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from garycommon import rediskeys
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from servers import ThreadedServer
 
 # Short TTLs and intervals so crash/expiry paths run in about a second.
 FAST = dict(
@@ -39,28 +30,9 @@ FAST = dict(
 )
 
 
-class ServerThread:
-    """uvicorn serving an ASGI app on a free loopback port in a daemon thread (its own event loop)."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", timeout_graceful_shutdown=2))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"server on port {self.port} did not start")
-            time.sleep(0.02)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+def serve(app: Any, port: int | None = None) -> ThreadedServer:
+    """A gateway-test server on a free loopback port: 20 s to start, 2 s graceful shutdown, 10 s to stop."""
+    return ThreadedServer(app, port, graceful_timeout=2, start_within=20, stop_within=10).start()
 
 
 @dataclass
@@ -77,7 +49,7 @@ class CallbackSink:
     mode: str = "ok"
     delay: float = 0.0
     received: list[Notification] = field(default_factory=list)  # every delivery attempt that reached it
-    server: ServerThread | None = None
+    server: ThreadedServer | None = None
     port: int = 0
 
     def app(self) -> FastAPI:
@@ -97,7 +69,7 @@ class CallbackSink:
         return app
 
     def start(self) -> None:
-        self.server = ServerThread(self.app(), self.port or None)
+        self.server = serve(self.app(), self.port or None)
         self.port = self.server.port
 
     def stop(self) -> None:

@@ -8,7 +8,8 @@ import time
 import httpx
 import redis as redis_sync
 from garycommon import rediskeys
-from gq_helpers import CallbackSink, free_port, wait_until
+from gq_helpers import CallbackSink, wait_until
+from servers import free_port
 
 DATA = {"model_name": "facebook/musicgen-small"}
 

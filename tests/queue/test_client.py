@@ -12,7 +12,7 @@ import redis as redis_sync
 from garycommon import rediskeys
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.queueclient import QueueClient
-from gq_helpers import free_port
+from servers import free_port
 
 
 async def test_callback_task_calls_per_lane(make_gateway, rdb: redis_sync.Redis) -> None:
