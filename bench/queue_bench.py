@@ -241,6 +241,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, action="append", help="requests/s (repeatable; default 200)")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--baseline", type=Path, help="an earlier queue.json (e.g. from another commit, run on the same "
+                        "machine just before) whose rows the table keeps for comparison")
+    parser.add_argument("--baseline-label", default="before", help="what the baseline rows were measured on")
     args = parser.parse_args()
     rates = args.rate or [200.0]
     exe = shutil.which("redis-server")
@@ -255,16 +258,24 @@ def main() -> int:
         "seconds_per_rate": args.seconds, "goal": "p99 <= 2 ms at 200 req/s with 1,000 queued tasks",
         "configs": configs,
     }
+    if args.baseline:
+        old = json.loads(args.baseline.read_text())
+        result["baseline"] = {"label": args.baseline_label, "configs": old["configs"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "queue.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = ["| redis | rate (req/s) | achieved | grant p50 | grant p90 | grant p99 | max | release p50 | release p99 | "
             "errors | load avg (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for config in configs.values():
-        for rate, r in config["runs"].items():
-            g, rel = r.get("grant", {}), r.get("release", {})
-            rows.append(f"| {config['redis_persistence']} | {rate} | {r['achieved_rate'] or '-'} | {g.get('p50_ms')} ms | "
-                        f"{g.get('p90_ms')} ms | {g.get('p99_ms')} ms | {g.get('max_ms')} ms | {ms(rel.get('p50_ms'))} | "
-                        f"{ms(rel.get('p99_ms'))} | {r['errors']} | {config['load_average_before'][0]} |")
+    tables = [("", configs)]
+    if "baseline" in result:
+        tables.insert(0, (f"{result['baseline']['label']}: ", result["baseline"]["configs"]))
+    for label, table in tables:
+        for config in table.values():
+            for rate, r in config["runs"].items():
+                g, rel = r.get("grant", {}), r.get("release", {})
+                rows.append(f"| {label}{config['redis_persistence']} | {rate} | {r['achieved_rate'] or '-'} | "
+                            f"{g.get('p50_ms')} ms | {g.get('p90_ms')} ms | {g.get('p99_ms')} ms | {g.get('max_ms')} ms | "
+                            f"{ms(rel.get('p50_ms'))} | {ms(rel.get('p99_ms'))} | {r['errors']} | "
+                            f"{config['load_average_before'][0]} |")
     first = next(iter(configs.values()))
     md = [
         "# GPU queue gateway: lease grant round trip",
