@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,10 +37,29 @@ class RedisServer:
     def start(self) -> None:
         args = [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
                 "--save", "", "--protected-mode", "no"]
-        if self.aof:
-            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.aof:  # small rewrite threshold: the whole suite's history would make every restart load for long
+            args += ["--appendonly", "yes", "--appendfsync", "always", "--auto-aof-rewrite-min-size", "2mb"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port, proc=self.proc)
+        self._wait_loaded()
+
+    def _wait_loaded(self, timeout: float = 60.0) -> None:
+        """A listening Redis may still be loading its AOF (it answers LOADING): ready means PING works."""
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=2)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self, sig_kill: bool = False) -> None:
         if self.proc and self.proc.poll() is None:
