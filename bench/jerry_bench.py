@@ -90,10 +90,10 @@ def main() -> None:  # noqa: PLR0915 - one linear script on purpose: it runs ins
     args.out.mkdir(parents=True, exist_ok=True)
 
     use_checkout()
-    from garycommon.settings import Settings
-    from garycommon.textenc import write_tiny_t5
     from safetensors.torch import save_file
 
+    from garycommon.settings import Settings
+    from garycommon.textenc import write_tiny_t5
     from jerry.sao import SAOEngine, SAORequest
     from jerry.sao.demo import random_state_dict, tiny_config
 

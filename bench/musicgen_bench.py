@@ -77,7 +77,6 @@ class _Absent(types.ModuleType):
 def build(size: str, t5_root: Path, settings: Any, device: Any) -> tuple[Any, Any]:
     """audiocraft's MusicGen and ours, sharing one set of random fp16 LM weights."""
     import torch
-    from garycommon.textenc import load_t5
     from omegaconf import OmegaConf
 
     from gary.musicgen.checkpoint import compression_config, lm_config
@@ -88,6 +87,7 @@ def build(size: str, t5_root: Path, settings: Any, device: Any) -> tuple[Any, An
     from gary.musicgen.lm import build_lm
     from gary.musicgen.model import MusicGenModel
     from gary.musicgen.reference import route_t5
+    from garycommon.textenc import load_t5
 
     route_t5(settings)
     from audiocraft.models import builders
@@ -176,11 +176,11 @@ def check_fast_equals_eager(work: Path, device: Any) -> dict[str, Any]:
     """Through MusicGenEngine (demo mode, fp32): graph-replayed decode == the eager loop's tokens, and a batched
     engine.generate with progress works end to end on the GPU."""
     import torch
-    from garycommon.settings import Settings
 
     from gary.musicgen import MusicGenEngine
     from gary.musicgen.generate import generate_eager
     from gary.musicgen.types import GenerationRequest
+    from garycommon.settings import Settings
 
     engine = MusicGenEngine(Settings(local_models_dir=work, demo_models=True, device="cuda"), device,
                             dtype=torch.float32)
@@ -208,6 +208,7 @@ def main() -> None:
     args = parser.parse_args()
     bootstrap()
     import torch
+
     from garycommon.settings import Settings
     from garycommon.textenc import write_tiny_t5
 

@@ -79,8 +79,6 @@ def _randomise_(module: Any) -> None:
 def build_musicgen(size: str, t5_dir: Path, device: Any, tiny: bool) -> Any:
     """Our MusicGenModel with musicgen_bench's real dims, assembled the way `MusicGenModel.load` assembles it."""
     import torch
-    from garycommon.settings import Settings
-    from garycommon.textenc import load_t5
     from musicgen_bench import SIZES
 
     from gary.musicgen.checkpoint import compression_config, lm_config
@@ -89,6 +87,8 @@ def build_musicgen(size: str, t5_dir: Path, device: Any, tiny: bool) -> Any:
     from gary.musicgen.encodec import build_compression
     from gary.musicgen.lm import MusicGenLM
     from gary.musicgen.model import MusicGenModel
+    from garycommon.settings import Settings
+    from garycommon.textenc import load_t5
 
     dims = DEMO_SIZES[size] if tiny else dict(zip(("dim", "num_heads", "num_layers"), SIZES[size], strict=True))
     comp_cfg = compression_xp_cfg() if tiny else compression_xp_cfg(n_filters=64, dimension=128, lstm=2)
@@ -132,10 +132,10 @@ def run_musicgen(model: Any, seed: int) -> dict[str, Any]:
 def build_melodyflow(t5_dir: Path, device: Any, tiny: bool) -> Any:
     """terry's MelodyFlowEngine on terry_bench's real-size random DiT + VAE."""
     import torch
-    from garycommon.settings import Settings
-    from garycommon.textenc import load_t5
     from terry_bench import build
 
+    from garycommon.settings import Settings
+    from garycommon.textenc import load_t5
     from terry.melodyflow.engine import MelodyFlowEngine
 
     dit, codec, _ = build(tiny, device)
@@ -192,10 +192,10 @@ def emit(event: str, **fields: Any) -> None:
 async def worker_main(queue_url: str, dry_run: bool) -> None:
     """One task: read its spec, lease, run on the leased GPU, release with the measured peak, report."""
     import torch  # noqa: F401 - imported before 'ready' so that start-up cost is not counted as queue wait
-    from garycommon.queueclient import QueueClient
 
     import gary.musicgen.fastpath  # noqa: F401
     import terry.melodyflow.engine  # noqa: F401
+    from garycommon.queueclient import QueueClient
 
     if dry_run:
         torch.set_num_threads(1)
@@ -294,6 +294,7 @@ class Sampler:
 def replay_events(redis_url: str, caps: dict[str, int]) -> dict[str, Any]:
     """The invariant from the gateway's own audit log: at every grant, granted MB <= capacity on that GPU."""
     import redis
+
     from garycommon import rediskeys
 
     rdb = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -325,6 +326,7 @@ def replay_events(redis_url: str, caps: dict[str, int]) -> dict[str, Any]:
 def task_records(redis_url: str, rows: list[dict[str, Any]]) -> None:
     """Arrival sequence and grant order (fencing token) of each task, from its Redis hash."""
     import redis
+
     from garycommon import rediskeys
 
     rdb = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -18,12 +18,13 @@ import socketio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from garycommon.devices import pick_device
 from garycommon.errors import ErrorCode
 from garycommon.httpapp import WS_MAX_BYTES, default_error_body, install_error_handlers
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings, get_settings
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import events, routes_juce, routes_misc
 from .catalog import all_model_names

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import socketio
+
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings
 

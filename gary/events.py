@@ -15,6 +15,7 @@ from functools import wraps
 from typing import Any
 
 import socketio
+
 from garycommon.errors import ErrorCode, GaryError
 
 from .context import GaryContext

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
+
 from garycommon import rediskeys
 
 JobType = Literal["process_audio", "continue_music", "retry_music", "transform_audio"]

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 import socketio
+
 from garycommon.errors import GaryError
 from garycommon.progress import StatusStore, format_wait
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from garycommon import rediskeys
 from garycommon.audio import b64decode_audio
 from garycommon.errors import ErrorCode, GaryError

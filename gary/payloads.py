@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from garycommon.errors import ErrorCode, GaryError
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+
+from garycommon.errors import ErrorCode, GaryError
 
 MiB = 1024 * 1024
 MAX_AUDIO_TEXT = 64 * MiB  # base64 text of one upload: the original's restore cap, and what fits one Socket.IO message

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from garycommon.audio import Audio, decode_audio_bytes, encode_wav, peak_normalize, resample, to_channels
 from garycommon.errors import AudioError, ErrorCode
 

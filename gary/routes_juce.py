@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
+
 from garycommon.errors import ErrorCode, GaryError
 
 from .context import GaryContext

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+
 from garycommon import rediskeys
 from garycommon.errors import GaryError
 from garycommon.httpapp import check_api_key

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import redis.asyncio as aioredis
+
 from garycommon import rediskeys
 
 STALE_AFTER = 30.0  # a generation whose heartbeat is older than this is no longer counted (its process died)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.settings import Settings
 

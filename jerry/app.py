@@ -17,10 +17,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import install_error_handlers
 from garycommon.settings import Settings, get_settings
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .batcher import Batcher
 from .generation import Generator

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.settings import Settings
 

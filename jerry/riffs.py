@@ -16,6 +16,7 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
 from garycommon.audio import resample, to_stereo
 
 log = logging.getLogger(__name__)

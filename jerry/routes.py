@@ -17,12 +17,13 @@ from typing import Any
 import torch
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
 from garycommon.audio import b64decode_audio
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import check_api_key
 from garycommon.hub import check_allowed, local_dir_for
-from pydantic import BaseModel
-from starlette.datastructures import UploadFile
 
 from .generation import Rendered
 from .models import EMPTY_PROMPTS

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypeVar
 
-from garycommon.errors import ErrorCode, GaryError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from garycommon.errors import ErrorCode, GaryError
 
 M = TypeVar("M", bound=BaseModel)
 SEED_MAX = 2**32 - 1

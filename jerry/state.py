@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fastapi import Request
+
 from garycommon.settings import Settings
 
 from .batcher import Batcher

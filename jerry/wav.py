@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 
 import torch
+
 from garycommon.audio import decode_audio_bytes, peak_normalize, resample, to_stereo
 from garycommon.errors import AudioError, ErrorCode
 

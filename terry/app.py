@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
+
 from garycommon.errors import GaryError
 from garycommon.httpapp import install_error_handlers
 from garycommon.settings import Settings

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from garycommon.audio import Audio, decode_audio, encode_wav, peak_normalize, resample, to_base64, to_stereo
 from garycommon.errors import AudioError, ErrorCode, GaryError
 from garycommon.settings import Settings

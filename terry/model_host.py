@@ -24,6 +24,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 import torch
+
 from garycommon.errors import ErrorCode, GaryError
 
 log = logging.getLogger(__name__)

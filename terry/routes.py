@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+
 from garycommon.audio import Audio
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import check_api_key

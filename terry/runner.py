@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
 from garycommon.audio import resample
 from garycommon.errors import GaryError
 from garycommon.settings import Settings

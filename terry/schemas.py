@@ -10,8 +10,9 @@ import re
 import uuid
 from typing import Any, Literal
 
-from garycommon.errors import ErrorCode, GaryError
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from garycommon.errors import ErrorCode, GaryError
 
 from .presets import MAX_PROMPT_CHARS
 

@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import torch
+
 from garycommon.devices import pick_device
 from garycommon.progress import Emitter, RedisRoomEmitter, StatusStore
 from garycommon.settings import Settings

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+
 from garycommon.httpapp import WS_MAX_BYTES
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
 from garycommon.settings import Settings, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]

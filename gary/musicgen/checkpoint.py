@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from garycommon.errors import ErrorCode, ModelLoadError
 
 LM_FILE = "state_dict.bin"

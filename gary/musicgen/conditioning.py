@@ -13,8 +13,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
-from garycommon.errors import ErrorCode, ModelLoadError
 from torch import nn
+
+from garycommon.errors import ErrorCode, ModelLoadError
 
 
 @dataclass

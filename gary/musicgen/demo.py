@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import yaml
+
 from garycommon.settings import Settings
 
 from .catalogue import size_of

@@ -12,9 +12,10 @@ import math
 from typing import Any
 
 import torch
-from garycommon.errors import ErrorCode, ModelLoadError
 from torch import nn
 from torch.nn import functional as F
+
+from garycommon.errors import ErrorCode, ModelLoadError
 
 from .checkpoint import CompressionConfig, SeanetConfig
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from garycommon.devices import pick_device
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.hub import check_allowed, resolve_model_dir

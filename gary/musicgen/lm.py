@@ -12,9 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from garycommon.errors import ErrorCode, ModelLoadError
 from torch import nn
 from torch.nn import functional as F
+
+from garycommon.errors import ErrorCode, ModelLoadError
 
 from .checkpoint import LMConfig
 

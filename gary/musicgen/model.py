@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from garycommon.audio import resample
 from garycommon.errors import ErrorCode, GaryError, ModelLoadError
 

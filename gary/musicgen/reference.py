@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from garycommon.settings import Settings
 
 
@@ -50,8 +51,9 @@ def route_t5(settings: Settings) -> None:
     """Make audiocraft's T5Conditioner load `t5-base` etc. through garycommon.textenc (local folder or hub cache)."""
     ensure_importable()
     from audiocraft.modules import conditioners
-    from garycommon.textenc import t5_dir
     from transformers import AutoTokenizer, T5EncoderModel
+
+    from garycommon.textenc import t5_dir
 
     class _Tok:
         @staticmethod

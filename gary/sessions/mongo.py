@@ -22,13 +22,14 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import BSONError, InvalidId
-from garycommon.errors import ErrorCode, GaryError
-from garycommon.settings import Settings
 from gridfs import AsyncGridFSBucket
 from gridfs.errors import NoFile
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, OperationFailure, PyMongoError
+
+from garycommon.errors import ErrorCode, GaryError
+from garycommon.settings import Settings
 
 from .base import (
     DEFAULT_SWEEP_SECONDS,

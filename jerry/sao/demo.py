@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from garycommon.settings import Settings
 
 from .config import parse_config

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+
 from garycommon.errors import ErrorCode, GaryError, ModelLoadError
 from garycommon.hub import check_allowed, is_repo_id, resolve_model_dir
 from garycommon.settings import Settings
-from torch import nn
-from torch.nn import functional as F
 
 from .conditioning import Conditioners, T5Prompt
 from .config import SAOConfig, parse_config

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from garycommon.errors import ErrorCode, ModelLoadError
 from torch import nn
+
+from garycommon.errors import ErrorCode, ModelLoadError
 
 log = logging.getLogger(__name__)
 

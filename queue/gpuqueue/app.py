@@ -15,11 +15,12 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from redis.exceptions import RedisError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import check_api_key, default_error_body, install_error_handlers
 from garycommon.settings import Settings, get_settings
-from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .gateway import Gateway
 from .models import EnqueueRequest, GpuRequest, HeartbeatRequest, LeaseRequest, ReleaseRequest, StatusRequest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
+
 from garycommon.httpapp import server_args
 from garycommon.logs import setup_logging
 from garycommon.settings import Settings

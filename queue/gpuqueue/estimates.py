@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from garycommon import rediskeys
 
 DURATIONS_CACHE_S = 1.0

@@ -18,14 +18,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from garycommon import rediskeys
-from garycommon.errors import ErrorCode, GaryError
-from garycommon.settings import Settings
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from garycommon import rediskeys
+from garycommon.errors import ErrorCode, GaryError
+from garycommon.settings import Settings
 
 from . import metrics
 from .estimates import Estimator

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from garycommon import rediskeys
 
 from .scheduler import BUCKETS

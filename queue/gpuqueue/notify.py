@@ -19,9 +19,10 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
 from garycommon import rediskeys
 from garycommon.settings import Settings
-from redis.exceptions import RedisError
 
 from .estimates import Estimator
 from .scheduler import Scheduler, task_id

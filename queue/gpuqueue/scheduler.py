@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from garycommon import rediskeys
 from garycommon.settings import Settings
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from garycommon.errors import ErrorCode, ModelLoadError
 
 DIT_FILE = "state_dict.bin"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from garycommon.settings import Settings
 
 from .checkpoint import CODEC_FILE, DIT_FILE, codec_config, dit_config

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
 from garycommon.errors import AudioError, ErrorCode, GaryError, ModelLoadError
 from garycommon.hub import resolve_model_dir
 from garycommon.settings import Settings

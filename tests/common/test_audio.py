@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
 from garycommon import audio
 from garycommon.errors import AudioError, ErrorCode
 

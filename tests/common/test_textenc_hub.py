@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from garycommon.errors import ErrorCode, ModelLoadError
 from garycommon.hub import check_allowed, resolve_model_dir
 from garycommon.settings import Settings

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import redis
-from garycommon.settings import Settings
 from servers import ThreadedServer, free_port
+
+from garycommon.settings import Settings
 
 OUTPUT_SECONDS = 2.0  # short generations keep the suite fast on CPU
 LEASE_TTL = 2.0  # the test gateway's lease TTL: a job longer than this lives only through heartbeats

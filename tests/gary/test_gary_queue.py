@@ -14,9 +14,9 @@ import httpx
 import pytest
 from conftest import LEASE_TTL, Gary
 from gary_helpers import MODEL, recorder, wav_b64
-from garycommon.queueclient import QueueClient
 
 from gary.operations import client_key
+from garycommon.queueclient import QueueClient
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import torch
-from garycommon import rediskeys
-from garycommon.audio import Audio
-from garycommon.errors import GaryError
-from garycommon.settings import Settings
 
 from gary import catalog, pipeline
 from gary.notifications import error_payload, queue_status_payload
 from gary.payloads import MAX_AUDIO_TEXT, ContinueRequest, ProcessAudioRequest, TransformRequest, parse_payload, validate
 from gary.throttle import ProgressThrottle
+from garycommon import rediskeys
+from garycommon.audio import Audio
+from garycommon.errors import GaryError
+from garycommon.settings import Settings
 
 
 def test_string_payloads_parse_without_losing_escaped_quotes() -> None:

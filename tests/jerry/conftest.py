@@ -6,15 +6,17 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from garycommon.settings import Settings
 from jerry_helpers import JerryServer, jerry_settings, start_server
 from servers import ThreadedServer
+
+from garycommon.settings import Settings
 
 
 @pytest.fixture(scope="session")
 def gateway(redis_server: object) -> Iterator[str]:
     """The real queue gateway (own redis database) that jerry takes its permanent resident lease from."""
     import redis
+
     from gpuqueue.app import create_app as create_gateway
 
     url = redis_server.url.rsplit("/", 1)[0] + "/5"  # type: ignore[attr-defined]

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
-from garycommon.settings import MiB, Settings
 from servers import ThreadedServer
 
+from garycommon.settings import MiB, Settings
 from jerry.app import create_app
 
 MAX_UPLOAD = 2 * MiB

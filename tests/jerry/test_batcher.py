@@ -7,9 +7,9 @@ import asyncio
 import time
 
 import pytest
-from garycommon.errors import GaryError
 from jerry_helpers import JerryServer
 
+from garycommon.errors import GaryError
 from jerry.batcher import Batcher
 from jerry.sao import SAORequest
 

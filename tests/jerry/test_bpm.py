@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from garycommon.errors import GaryError
 
+from garycommon.errors import GaryError
 from jerry.bpm import bar_samples, extract_bpm, parse_bars, plan_loop, require_bpm
 
 SR = 44100

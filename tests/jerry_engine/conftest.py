@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
+
 from garycommon.settings import Settings
 from garycommon.textenc import write_tiny_t5
-
 from jerry.sao import SAOEngine
 from jerry.sao.demo import random_state_dict, tiny_config, write_demo_checkpoint
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.settings import Settings
-
 from jerry.sao import SAOEngine, SAORequest
 from jerry.sao.sampling import Guidance, rf_schedule
 

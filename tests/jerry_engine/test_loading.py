@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from garycommon.errors import ErrorCode, ModelLoadError
-from garycommon.settings import Settings
 from safetensors.torch import save_file
 
+from garycommon.errors import ErrorCode, ModelLoadError
+from garycommon.settings import Settings
 from jerry.sao import DEFAULT_MODEL, SAOEngine, SAORequest
 from jerry.sao.demo import install_demo, random_state_dict
 from jerry.sao.weights import fold_weight_norm, normalise_keys

@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from garycommon.settings import Settings
-from garycommon.textenc import write_tiny_t5
 from torch_threads import one_torch_thread  # noqa: F401 - autouse: this folder runs on one torch thread
 
 from gary.musicgen.demo import compression_xp_cfg, lm_xp_cfg, save_checkpoint, write_demo_checkpoint
+from garycommon.settings import Settings
+from garycommon.textenc import write_tiny_t5
 
 MONO = "testowner/tiny-mono"
 STEREO = "testowner/tiny-stereo"

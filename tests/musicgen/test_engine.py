@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from garycommon.errors import ErrorCode, GaryError
-from garycommon.settings import Settings
 
 from gary.musicgen import GenerationRequest, MusicGenEngine
 from gary.musicgen.checkpoint import LM_FILE, load_pickle
 from gary.musicgen.demo import lm_xp_cfg, random_lm_state
 from gary.musicgen.generate import generate_eager
 from gary.musicgen.model import extension_plan
+from garycommon.errors import ErrorCode, GaryError
+from garycommon.settings import Settings
 
 MONO = "testowner/tiny-mono"  # written by conftest.models_dir
 STEREO = "testowner/tiny-stereo"

@@ -11,10 +11,11 @@ from typing import Any
 import httpx
 import pytest
 import redis as redis_sync
-from garycommon.settings import Settings
-from gpuqueue.app import create_app
 from gq_helpers import FAST, CallbackSink, serve, wait_until
 from servers import ThreadedServer, free_port
+
+from garycommon.settings import Settings
+from gpuqueue.app import create_app
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from typing import Any
 import redis as redis_sync
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from garycommon import rediskeys
 from servers import ThreadedServer
+
+from garycommon import rediskeys
 
 # Short TTLs and intervals so crash/expiry paths run in about a second.
 FAST = dict(

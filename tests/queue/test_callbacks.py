@@ -7,9 +7,10 @@ import time
 
 import httpx
 import redis as redis_sync
-from garycommon import rediskeys
 from gq_helpers import CallbackSink, wait_until
 from servers import free_port
+
+from garycommon import rediskeys
 
 DATA = {"model_name": "facebook/musicgen-small"}
 

@@ -9,10 +9,11 @@ import sys
 import httpx
 import pytest
 import redis as redis_sync
+from servers import free_port
+
 from garycommon import rediskeys
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.queueclient import QueueClient
-from servers import free_port
 
 
 async def test_callback_task_calls_per_lane(make_gateway, rdb: redis_sync.Redis) -> None:

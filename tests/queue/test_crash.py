@@ -12,9 +12,10 @@ from pathlib import Path
 
 import httpx
 import redis as redis_sync
+from gq_helpers import CallbackSink, wait_until
+
 from garycommon import rediskeys
 from garycommon.queueclient import QueueClient
-from gq_helpers import CallbackSink, wait_until
 
 WORKER = Path(__file__).with_name("gq_worker.py")
 TTL = 1.0

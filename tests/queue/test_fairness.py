@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import httpx
 import redis as redis_sync
-from garycommon import rediskeys
 from gq_helpers import wait_until
+
+from garycommon import rediskeys
 
 
 def _lease(http: httpx.Client, url: str, mb: int, client: str, lane: str = "generation") -> dict:

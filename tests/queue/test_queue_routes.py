@@ -6,8 +6,9 @@ import json
 
 import httpx
 import redis as redis_sync
-from garycommon import rediskeys
 from gq_helpers import CallbackSink, wait_until
+
+from garycommon import rediskeys
 
 GARY_DATA = json.dumps({"model_name": "facebook/musicgen-small", "prompt_duration": 6, "top_k": 250,
                         "temperature": 1.0, "cfg_coef": 3.0, "description": ""})

@@ -7,8 +7,9 @@ import time
 
 import httpx
 import redis as redis_sync
-from garycommon import rediskeys
 from gq_helpers import CallbackSink, queue_keys, wait_until
+
+from garycommon import rediskeys
 
 
 def test_queue_and_leases_survive_a_redis_crash(make_gateway, sink: CallbackSink, http: httpx.Client,

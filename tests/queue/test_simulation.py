@@ -17,8 +17,9 @@ import httpx
 import pytest
 import redis as redis_sync
 import redis.asyncio as aioredis
-from garycommon import rediskeys
 from gq_helpers import GRANTED_BY_GPU
+
+from garycommon import rediskeys
 
 WORKERS = 200
 CLIENTS = 8

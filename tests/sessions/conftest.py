@@ -14,12 +14,12 @@ from typing import Any
 
 import pymongo
 import pytest
-from garycommon.settings import Settings
 from servers import MongoServer
 
 from gary.sessions import SessionStore
 from gary.sessions.mongo import MongoSessionStore
 from gary.sessions.sqlite import SqliteSessionStore
+from garycommon.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

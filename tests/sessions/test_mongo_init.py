@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
 from garycommon.settings import Settings
 
 if TYPE_CHECKING:

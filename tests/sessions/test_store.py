@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from bson import ObjectId
-from garycommon.errors import ErrorCode, GaryError
-from garycommon.settings import Settings
 from servers import free_port
 
 from gary.sessions import AUDIO_SLOTS, SessionStore, open_session_store
 from gary.sessions.mongo import MongoSessionStore
 from gary.sessions.sqlite import SqliteSessionStore
+from garycommon.errors import ErrorCode, GaryError
+from garycommon.settings import Settings
 
 if TYPE_CHECKING:
     from conftest import Backend

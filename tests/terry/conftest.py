@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from garycommon.settings import Settings
 from servers import ThreadedServer
 from terry_helpers import MODEL, GarySocketIO, Terry, serve
+
+from garycommon.settings import Settings
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from servers import ThreadedServer
+
 from garycommon.audio import encode_wav
 from garycommon.settings import Settings
-from servers import ThreadedServer
 
 MODEL = "facebook/melodyflow-t24-30secs"
 
@@ -76,6 +77,7 @@ async def listen(gary: GarySocketIO, rooms: int = 1) -> tuple[RoomListener, list
     `begin_restore_audio` creates one and joins it), and wait until an emit through Redis demonstrably reaches
     it. Events are stamped with their arrival time; one connection keeps their order across rooms."""
     import socketio
+
     from garycommon.progress import RedisRoomEmitter
 
     client = socketio.AsyncClient(reconnection=False)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from garycommon.audio import Audio, encode_wav
 from garycommon.errors import GaryError
-
 from terry import audio_io
 
 MAX = 1 << 20

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from garycommon.errors import GaryError
 
+from garycommon.errors import GaryError
 from terry.presets import PRESETS, resolve_prompt
 from terry.schemas import parse_transform
 

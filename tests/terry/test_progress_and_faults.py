@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 import torch
-from garycommon.progress import RedisRoomEmitter, StatusStore
-from garycommon.settings import Settings
 from servers import free_port
 from terry_helpers import GarySocketIO, listen, serve, wav_b64
 
+from garycommon.progress import RedisRoomEmitter, StatusStore
+from garycommon.settings import Settings
 from terry.progress import TransformProgress
 
 

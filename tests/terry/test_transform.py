@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from garycommon.audio import Audio, decode_audio
 from terry_helpers import GarySocketIO, Terry, listen, until, wav_b64
 
+from garycommon.audio import Audio, decode_audio
 from terry.presets import PRESETS
 
 FAST = {"steps": 2}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from garycommon.settings import Settings
 from torch_threads import one_torch_thread  # noqa: F401 - autouse: this folder runs on one torch thread
 
+from garycommon.settings import Settings
 from terry.melodyflow import MelodyFlowEngine
 from terry.melodyflow.demo import REPO_ID, install_demo
 

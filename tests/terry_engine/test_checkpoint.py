@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from garycommon.errors import ErrorCode, ModelLoadError
 from garycommon.settings import Settings
-
 from terry.melodyflow import MelodyFlowEngine
 from terry.melodyflow.checkpoint import (
     CODEC_FILE,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.settings import Settings
-
 from terry.melodyflow import MelodyFlowEngine, windows
 from terry.melodyflow.demo import REPO_ID
 
