@@ -30,6 +30,20 @@ GENERATION = "generation"
 Route = Callable[[dict[str, Any], str | None, str], Callable[[], Awaitable[dict[str, Any]]]]
 
 
+
+def replaying(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    """An ASGI receive that hands the already-read body to the app once, then falls back to the real one."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
 class BodyLimit:
     """Refuses bodies over `limit` bytes with 413 before anything is parsed or stored (declared or streamed).
 
@@ -61,17 +75,7 @@ class BodyLimit:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        body = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _reject(self, send: Send) -> None:
         err = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body over {self.limit} bytes (tasks carry parameters, "
@@ -119,16 +123,7 @@ class HotRoutes:
         request = Request(scope)
         answer = await self._answer(request, body, route, path)
         if answer is None:
-            replayed = False
-
-            async def replay() -> Message:
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await self.app(scope, replay, send)
+            await self.app(scope, replaying(body, receive), send)
             return
         await answer(scope, _no_receive, send)
 
