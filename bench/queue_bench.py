@@ -11,6 +11,10 @@ answer cannot hide the ones queued behind it; latency is measured from the sched
     .venv/bin/python bench/queue_bench.py [--rate 200] [--seconds 15]
 
 Writes bench/results/queue.json and bench/results/queue.md.
+
+`--probe-loops` (diagnosis): the config without persistence runs with a 1 ms ticker in the gateway's event loop
+and in the client's, reporting how late each tick fired (loop stalls) during the timed window. The ticker keeps
+the CPUs from idling, so that config's latencies are not comparable to the unprobed one's.
 """
 
 from __future__ import annotations
@@ -108,6 +112,53 @@ class Pool:
             self.free.put_nowait(conn)
 
 
+class LoopProbe:
+    """Records how late a 1 ms ticker fires on the running loop (late = the loop was busy or the process waited)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []  # (wall time, lateness in s)
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.samples.append((time.time(), time.perf_counter() - t - 0.001))
+
+
+def lag_summary(samples: list[tuple[float, float]], start: float, end: float) -> dict[str, Any]:
+    lags = [lag * 1000 for t, lag in samples if start <= t <= end]
+    if not lags:
+        return {}
+    return {"ticks": len(lags), "p50_ms": round(pct(lags, 0.5), 3), "p99_ms": round(pct(lags, 0.99), 3),
+            "max_ms": round(max(lags), 3), "over_2ms": sum(x > 2 for x in lags), "over_5ms": sum(x > 5 for x in lags)}
+
+
+def serve_probed_gateway(argv: list[str]) -> int:
+    """The gateway (`gpuqueue.cli`) with a `LoopProbe` on its loop; the samples go to $QUEUE_BENCH_PROBE at shutdown
+    (uvicorn re-raises SIGTERM once it has stopped, so nothing after its return runs)."""
+    import gpuqueue.gateway
+    from gpuqueue.cli import main as gateway_main
+
+    probe = LoopProbe()
+    start, stop = gpuqueue.gateway.Gateway.start, gpuqueue.gateway.Gateway.stop
+
+    async def probed_start(self: gpuqueue.gateway.Gateway) -> None:
+        await start(self)
+        probe.start()
+
+    async def probed_stop(self: gpuqueue.gateway.Gateway) -> None:
+        await asyncio.to_thread(Path(os.environ["QUEUE_BENCH_PROBE"]).write_text, json.dumps(probe.samples))
+        await stop(self)
+
+    gpuqueue.gateway.Gateway.start = probed_start  # type: ignore[method-assign]
+    gpuqueue.gateway.Gateway.stop = probed_stop  # type: ignore[method-assign]
+    return gateway_main(argv)
+
+
 def ms(value: float | None) -> str:
     return "-" if value is None else f"{value} ms"
 
@@ -162,11 +213,11 @@ async def run_rate(pool: Pool, rate: float, seconds: float) -> dict[str, Any]:
         if status != 200:
             errors.append(f"release {status}")
 
-    t0 = loop.time()
+    t0, wall0 = loop.time(), time.time()
     await asyncio.gather(*(one(i) for i in range(n)))
     elapsed = loop.time() - t0
     summary = {"requests": n, "errors": len(errors), "error_samples": errors[:5],
-               "achieved_rate": round(n / elapsed, 1)}
+               "achieved_rate": round(n / elapsed, 1), "window": [wall0, time.time()]}
     for name, values in (("grant", grant_ms), ("grant_from_send", service_ms), ("release", release_ms)):
         if values:
             summary[name] = {"p50_ms": round(pct(values, 0.5), 3), "p90_ms": round(pct(values, 0.9), 3),
@@ -194,7 +245,9 @@ async def run_serial(conn: Conn, n: int) -> dict[str, Any]:
                       "mean_ms": round(statistics.fmean(grant_ms), 3)}}
 
 
-async def bench(port: int, rates: list[float], seconds: float) -> dict[str, Any]:
+async def bench(port: int, rates: list[float], seconds: float, probe: LoopProbe | None) -> dict[str, Any]:
+    if probe:
+        probe.start()
     pool = Pool(port, 64)
     await fill_backlog(pool)
     _, snapshot = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
@@ -207,8 +260,8 @@ async def bench(port: int, rates: list[float], seconds: float) -> dict[str, Any]
                                                           if v["queued"]}, "runs": runs}
 
 
-def run_config(exe: str, aof: bool, rates: list[float], seconds: float) -> dict[str, Any]:
-    """Fresh redis-server + one gateway process, backlog, then the timed runs."""
+def run_config(exe: str, aof: bool, rates: list[float], seconds: float, probe: bool = False) -> dict[str, Any]:
+    """Fresh redis-server + one gateway process, backlog, then the timed runs (`probe`: with `LoopProbe`s)."""
     with tempfile.TemporaryDirectory() as tmp:
         rport, gport = free_port(), free_port()
         persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
@@ -220,21 +273,46 @@ def run_config(exe: str, aof: bool, rates: list[float], seconds: float) -> dict[
                "QUEUE_KEY_MAX_ACTIVE": "0", "QUEUE_KEY_MAX_QUEUED": "1000", "QUEUE_MAX_QUEUED": "5000",
                "QUEUE_POLL_TTL_SECONDS": "3600", "QUEUE_LEASE_TTL_SECONDS": "3600", "LOG_LEVEL": "WARNING",
                "GARY_URL": ""}
-        gw = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "--host", "127.0.0.1", "--port", str(gport)],
-                              env=env)
+        probe_file = Path(tmp) / "gateway_probe.json"
+        launch = [__file__, "--serve-probed-gateway"] if probe else ["-m", "gpuqueue.cli"]
+        gw = subprocess.Popen([sys.executable, *launch, "--host", "127.0.0.1", "--port", str(gport)],
+                              env={**env, "QUEUE_BENCH_PROBE": str(probe_file)})
+        client_probe = LoopProbe() if probe else None
         try:
             wait_port(gport)
             load_before = os.getloadavg()
-            out = asyncio.run(bench(gport, rates, seconds))
+            out = asyncio.run(bench(gport, rates, seconds, client_probe))
             load_after = os.getloadavg()
         finally:
             gw.terminate()
             gw.wait(20)
             redis_proc.terminate()
             redis_proc.wait(10)
-    return {"redis_persistence": "AOF, fsync every second" if aof else "none", **out,
+        if probe:
+            gateway_samples = json.loads(probe_file.read_text())
+            for r in out["runs"].values():
+                if "window" in r:
+                    r["loop_lag"] = {"gateway": lag_summary(gateway_samples, *r["window"]),
+                                     "client": lag_summary(client_probe.samples if client_probe else [], *r["window"])}
+    return {"redis_persistence": ("AOF, fsync every second" if aof else "none") + (" (loops probed)" if probe else ""),
+            **out,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after]}
+
+
+def lag_rows(configs: dict[str, Any]) -> list[str]:
+    rows = []
+    for config in configs.values():
+        for rate, r in config["runs"].items():
+            for side, lag in r.get("loop_lag", {}).items():
+                if lag:
+                    rows.append(f"| {side} | {rate} | {lag['ticks']} | {lag['p50_ms']} ms | {lag['p99_ms']} ms | "
+                                f"{lag['max_ms']} ms | {lag['over_2ms']} | {lag['over_5ms']} |")
+    if not rows:
+        return []
+    return ["Event-loop stalls (`--probe-loops`, config without persistence): how late a 1 ms ticker fired.", "",
+            "| loop | rate (req/s) | ticks | late p50 | late p99 | late max | ticks > 2 ms late | > 5 ms |",
+            "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def main() -> int:
@@ -243,7 +321,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--baseline", type=Path, help="an earlier queue.json (e.g. from another commit, run on the same "
                         "machine just before) whose rows the table keeps for comparison")
+    parser.add_argument("--probe-loops", action="store_true", help="measure event-loop stalls in the config without "
+                        "persistence (a 1 ms ticker in the gateway and the client; see the module docstring)")
     parser.add_argument("--baseline-label", default="before", help="what the baseline rows were measured on")
+    if sys.argv[1:2] == ["--serve-probed-gateway"]:
+        return serve_probed_gateway(sys.argv[2:])
     args = parser.parse_args()
     rates = args.rate or [200.0]
     exe = shutil.which("redis-server")
@@ -251,7 +333,7 @@ def main() -> int:
         raise SystemExit("redis-server not found")
     redis_version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
     configs = {"aof_everysec": run_config(exe, True, rates, args.seconds),  # as deployed (Dockerfile.redis)
-               "no_persistence": run_config(exe, False, rates, args.seconds)}  # isolates fsync stalls
+               "no_persistence": run_config(exe, False, rates, args.seconds, args.probe_loops)}  # isolates fsync stalls
     result = {
         "benchmark": "gpuqueue lease grant round trip (POST /leases -> granted), loopback, open-loop fixed rate",
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "redis": redis_version,
@@ -290,6 +372,7 @@ def main() -> int:
         "",
         *rows,
         "",
+        *lag_rows(configs),
         f"Goal: {result['goal']}. Re-run: `.venv/bin/python bench/queue_bench.py`.",
     ]
     (RESULTS / "queue.md").write_text("\n".join(md) + "\n")
