@@ -25,6 +25,12 @@ HUB_ALIASES: dict[str, str] = {
     "t5-3b": "google-t5/t5-3b",
     "t5-11b": "google-t5/t5-11b",
 }
+# Encoder width of each T5 the published checkpoints may name: their conditioners' projections are sized from it.
+T5_DIMS: dict[str, int] = {
+    "t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
+    "google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024,
+    "google/flan-t5-xl": 2048, "google/flan-t5-xxl": 4096,
+}
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER = ("tokenizer.json", "spiece.model", "tokenizer_config.json", "special_tokens_map.json")
 

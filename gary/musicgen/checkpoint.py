@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from garycommon.errors import ErrorCode, ModelLoadError
+from garycommon.textenc import T5_DIMS
 
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
@@ -205,11 +206,6 @@ class LMConfig:
         return int(self.hidden_scale * self.dim)
 
 
-_T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024,
-            "google/flan-t5-small": 512, "google/flan-t5-base": 768, "google/flan-t5-large": 1024,
-            "google/flan-t5-xl": 2048, "google/flan-t5-xxl": 4096}
-
-
 def lm_config(cfg: dict[str, Any]) -> LMConfig:
     """Parse the LM part of `xp.cfg`; anything this engine cannot reproduce exactly is refused by name."""
     if cfg.get("lm_model", "transformer_lm") != "transformer_lm":
@@ -261,7 +257,7 @@ def lm_config(cfg: dict[str, Any]) -> LMConfig:
         t5_name = str(t5["name"])
     if cross and cross != ["description"]:
         raise _unsupported(f"cross-attention conditions {cross}")
-    if t5_name is not None and t5_name not in _T5_DIMS:
+    if t5_name is not None and t5_name not in T5_DIMS:
         raise _unsupported(f"text encoder {t5_name!r}")
 
     stereo = dict(cfg.get("interleave_stereo_codebooks") or {})
@@ -286,7 +282,7 @@ def lm_config(cfg: dict[str, Any]) -> LMConfig:
         positional_scale=float(tlm.get("positional_scale", 1.0)),
         cross_attention=bool(cross) or bool(tlm.get("cross_attention", False)),
         t5_name=t5_name,
-        t5_dim=_T5_DIMS.get(t5_name or "", 0),
+        t5_dim=T5_DIMS.get(t5_name or "", 0),
         cross_attention_pos_emb=bool(fuser.get("cross_attention_pos_emb", False)),
         cross_attention_pos_emb_scale=float(fuser.get("cross_attention_pos_emb_scale", 1.0)),
         cfg_coef=float(cfg_section.get("inference_coef", 3.0)),

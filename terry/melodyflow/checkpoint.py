@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from garycommon.errors import ErrorCode, ModelLoadError
+from garycommon.textenc import T5_DIMS
 
 DIT_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -100,9 +101,6 @@ class DiTConfig:
         return (self.num_layers - 1) // 2
 
 
-_T5_DIMS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
-
-
 def dit_config(cfg: dict[str, Any]) -> DiTConfig:
     """Validate that `xp.cfg` describes the architecture we implement, and read its sizes."""
     lm = _get(cfg, "transformer_lm", {})
@@ -127,7 +125,7 @@ def dit_config(cfg: dict[str, Any]) -> DiTConfig:
         num_layers=int(lm["num_layers"]),
         hidden_scale=int(lm.get("hidden_scale", 4)),
         latent_dim=int(lm.get("latent_dim", 128)),
-        cond_dim=_T5_DIMS.get(t5_name, 768),
+        cond_dim=T5_DIMS.get(t5_name, 768),
         max_period=float(lm.get("max_period", 10000.0)),
         cfg_coef=float(lm.get("cfg_coef", 4.0)),
         segment_duration=float(_get(cfg, "dataset.segment_duration", 30.0)),
