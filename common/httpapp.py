@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ErrorCode, GaryError
 
@@ -50,6 +51,65 @@ def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body) -
         log.exception("unhandled error")
         err = GaryError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", http_status=500)
         return JSONResponse(body(err), status_code=500)
+
+
+def replaying(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
+    """An ASGI receive that hands the already-read body to the app once, then falls back to the real one."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _disconnected() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class BodyLimit:
+    """Refuses request bodies over `limit` bytes with a 413 JSON error before the app parses or stores anything.
+
+    A declared Content-Length over the cap is refused before a byte is read; a streamed body is read up to the cap
+    (never further) and replayed to the app, so a 100 MB string costs at most `limit` bytes of memory.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, message: str, body: ErrorBody = default_error_body) -> None:
+        self.app = app
+        self.limit = limit
+        self.message = message
+        self.body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
+
+    async def _reject(self, send: Send) -> None:
+        err = GaryError(ErrorCode.DATA_TOO_LARGE, self.message)
+        await JSONResponse(self.body(err), status_code=413)({"type": "http"}, _disconnected, send)
 
 
 def check_api_key(request: Request, keys: list[str]) -> str | None:

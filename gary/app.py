@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from garycommon.devices import pick_device
 from garycommon.errors import ErrorCode
-from garycommon.httpapp import WS_MAX_BYTES, default_error_body, install_error_handlers
+from garycommon.httpapp import WS_MAX_BYTES, BodyLimit, default_error_body, install_error_handlers
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings, get_settings
 
@@ -42,48 +41,6 @@ from .transform import TerryClient
 log = logging.getLogger("gary")
 
 HTTP_BODY_LIMIT = MAX_AUDIO_TEXT + 1024 * 1024  # one base64 upload plus its JSON envelope
-
-
-class BodyLimit:
-    """Refuses HTTP bodies over `limit` with 413 JSON before buffering them (a 100 MB string costs nothing)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._too_large(send)
-            return
-        received = 0
-        messages: list[dict[str, Any]] = []
-        while True:
-            message = await receive()
-            messages.append(message)
-            if message["type"] != "http.request":
-                break
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                await self._too_large(send)
-                return
-            if not message.get("more_body"):
-                break
-
-        async def replay() -> dict[str, Any]:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, send: Any) -> None:
-        body = json.dumps({"success": False, "error": f"Request body is larger than {self.limit // (1024 * 1024)} MiB",
-                           "code": "DATA_TOO_LARGE"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
 
 
 def _engine_factory(settings: Settings) -> Any:
@@ -170,4 +127,5 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
     api.include_router(routes_juce.router)
     api.include_router(routes_misc.router)
     events.register(sio, ctx)
-    return socketio.ASGIApp(sio, other_asgi_app=BodyLimit(api, HTTP_BODY_LIMIT), socketio_path="socket.io")
+    return socketio.ASGIApp(sio, other_asgi_app=BodyLimit(
+        api, HTTP_BODY_LIMIT, f"Request body is larger than {HTTP_BODY_LIMIT // (1024 * 1024)} MiB"), socketio_path="socket.io")

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from garycommon.errors import ErrorCode, GaryError
-from garycommon.httpapp import check_api_key, default_error_body, install_error_handlers
+from garycommon.httpapp import BodyLimit, check_api_key, default_error_body, install_error_handlers, replaying
 from garycommon.settings import Settings, get_settings
 
 from .gateway import Gateway
@@ -29,59 +29,6 @@ GENERATION = "generation"
 # a hot route: validates (raising as the FastAPI route would) and returns the gateway call to make
 Route = Callable[[dict[str, Any], str | None, str], Callable[[], Awaitable[dict[str, Any]]]]
 
-
-
-def replaying(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
-    """An ASGI receive that hands the already-read body to the app once, then falls back to the real one."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-class BodyLimit:
-    """Refuses bodies over `limit` bytes with 413 before anything is parsed or stored (declared or streamed).
-
-    Bodies here are small JSON, so it reads the whole body first and replays it to the app.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(send)
-            return
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._reject(send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        await self.app(scope, replaying(b"".join(chunks), receive), send)
-
-    async def _reject(self, send: Send) -> None:
-        err = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body over {self.limit} bytes (tasks carry parameters, "
-                        "never audio)")
-        resp = JSONResponse(default_error_body(err), status_code=413)
-        await resp({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Message:
@@ -185,7 +132,9 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         return JSONResponse(default_error_body(err), status_code=503, headers={"Retry-After": "1"})
 
     app.add_middleware(HotRoutes, gateway=gateway, keys=settings.api_keys, handlers=lambda: app.exception_handlers)
-    app.add_middleware(BodyLimit, limit=settings.queue_max_body_bytes)  # added last: runs first
+    limit = settings.queue_max_body_bytes
+    app.add_middleware(BodyLimit, limit=limit,  # added last: runs first
+                       message=f"request body over {limit} bytes (tasks carry parameters, never audio)")
 
     async def api_key(request: Request) -> str | None:
         # async on purpose: FastAPI would run a plain function in its thread pool, a thread hop per request
