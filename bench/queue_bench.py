@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -37,6 +38,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from queue_trace import (
+    SEGMENTS,
+    LoopProbe,
+    breakdown,
+    cpu_share,
+    cpu_times,
+    redis_watch_read,
+    redis_watch_start,
+    segments,
+    serve_floor,
+    serve_gateway,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -81,6 +95,12 @@ class Conn:
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                       headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        status, data, _ = await self.request_traced(method, path, body, headers)
+        return status, data
+
+    async def request_traced(self, method: str, path: str, body: dict[str, Any] | None = None,
+                             headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str | None]:
+        """(status, JSON body, the gateway's `x-bench-t` stamp when it runs traced)."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
@@ -90,16 +110,19 @@ class Conn:
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
         status_line = await self.reader.readline()
         status = int(status_line.split()[1])
-        length = 0
+        length, stamp = 0, None
         while True:
             line = await self.reader.readline()
             if line in (b"\r\n", b""):
                 break
             name, _, value = line.decode().partition(":")
-            if name.lower() == "content-length":
+            name = name.lower()
+            if name == "content-length":
                 length = int(value)
+            elif name == "x-bench-t":
+                stamp = value.strip()
         data = await self.reader.readexactly(length)
-        return status, json.loads(data) if data else {}
+        return status, json.loads(data) if data else {}, stamp
 
 
 class Pool:
@@ -109,28 +132,15 @@ class Pool:
             self.free.put_nowait(Conn(port))
 
     async def request(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        status, data, _ = await self.request_traced(*args, **kwargs)
+        return status, data
+
+    async def request_traced(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, Any], str | None]:
         conn = await self.free.get()
         try:
-            return await conn.request(*args, **kwargs)
+            return await conn.request_traced(*args, **kwargs)
         finally:
             self.free.put_nowait(conn)
-
-
-class LoopProbe:
-    """Records how late a 1 ms ticker fires on the running loop (late = the loop was busy or the process waited)."""
-
-    def __init__(self) -> None:
-        self.samples: list[tuple[float, float]] = []  # (wall time, lateness in s)
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._tick())
-
-    async def _tick(self) -> None:
-        while True:
-            t = time.perf_counter()
-            await asyncio.sleep(0.001)
-            self.samples.append((time.time(), time.perf_counter() - t - 0.001))
 
 
 def lag_summary(samples: list[tuple[float, float]], start: float, end: float) -> dict[str, Any]:
@@ -139,28 +149,6 @@ def lag_summary(samples: list[tuple[float, float]], start: float, end: float) ->
         return {}
     return {"ticks": len(lags), "p50_ms": round(pct(lags, 0.5), 3), "p99_ms": round(pct(lags, 0.99), 3),
             "max_ms": round(max(lags), 3), "over_2ms": sum(x > 2 for x in lags), "over_5ms": sum(x > 5 for x in lags)}
-
-
-def serve_probed_gateway(argv: list[str]) -> int:
-    """The gateway (`gpuqueue.cli`) with a `LoopProbe` on its loop; the samples go to $QUEUE_BENCH_PROBE at shutdown
-    (uvicorn re-raises SIGTERM once it has stopped, so nothing after its return runs)."""
-    import gpuqueue.gateway
-    from gpuqueue.cli import main as gateway_main
-
-    probe = LoopProbe()
-    start, stop = gpuqueue.gateway.Gateway.start, gpuqueue.gateway.Gateway.stop
-
-    async def probed_start(self: gpuqueue.gateway.Gateway) -> None:
-        await start(self)
-        probe.start()
-
-    async def probed_stop(self: gpuqueue.gateway.Gateway) -> None:
-        await asyncio.to_thread(Path(os.environ["QUEUE_BENCH_PROBE"]).write_text, json.dumps(probe.samples))
-        await stop(self)
-
-    gpuqueue.gateway.Gateway.start = probed_start  # type: ignore[method-assign]
-    gpuqueue.gateway.Gateway.stop = probed_stop  # type: ignore[method-assign]
-    return gateway_main(argv)
 
 
 def pace(loop: asyncio.AbstractEventLoop, start: float, rate: float, n: int, launch: Callable[[int], None]) -> None:
@@ -207,21 +195,25 @@ async def run_rate(pool: Pool, rate: float, seconds: float) -> dict[str, Any]:
     service_ms: list[float] = []
     release_ms: list[float] = []
     errors: list[str] = []
+    traced: list[tuple[float, dict[str, float]]] = []
     key = {"X-API-Key": "bench-key"}
     start = loop.time() + 0.05
 
     async def one(i: int) -> None:
         scheduled = start + i / rate
         sent = loop.time()
-        status, body = await pool.request("POST", "/leases", {"model": "facebook/musicgen-small", "lane": "generation",
-                                                              "owner": "bench", "session_id": f"b{rate:g}-{i}",
-                                                              "vram_mb": 1000, "client_key": f"c{i % 8}"}, key)
+        lease = {"model": "facebook/musicgen-small", "lane": "generation", "owner": "bench",
+                 "session_id": f"b{rate:g}-{i}", "vram_mb": 1000, "client_key": f"c{i % 8}"}
+        status, body, stamp = await pool.request_traced("POST", "/leases", lease, key)
         done = loop.time()
         if status != 200 or body.get("status") != "granted":
             errors.append(f"{status} {body.get('status')} {body.get('error', '')}"[:200])
             return
         grant_ms.append((done - scheduled) * 1000)
         service_ms.append((done - sent) * 1000)
+        parts = segments(scheduled, sent, done, stamp)
+        if parts:
+            traced.append((done - scheduled, parts))
         t = loop.time()
         status, _ = await pool.request("POST", f"/leases/{body['lease_id']}/release",
                                        {"fencing_token": body["fencing_token"]}, key)
@@ -229,7 +221,7 @@ async def run_rate(pool: Pool, rate: float, seconds: float) -> dict[str, Any]:
         if status != 200:
             errors.append(f"release {status}")
 
-    t0, wall0 = loop.time(), time.time()
+    t0, wall0, cpu0 = loop.time(), time.time(), cpu_times()
     tasks: list[asyncio.Task[None]] = []
     launched = asyncio.Event()
 
@@ -243,7 +235,10 @@ async def run_rate(pool: Pool, rate: float, seconds: float) -> dict[str, Any]:
     await asyncio.gather(*tasks)
     elapsed = loop.time() - t0
     summary = {"requests": n, "errors": len(errors), "error_samples": errors[:5],
-               "achieved_rate": round(n / elapsed, 1), "window": [wall0, time.time()]}
+               "achieved_rate": round(n / elapsed, 1), "window": [wall0, time.time()],
+               "host_cpu": cpu_share(cpu0, cpu_times())}
+    if traced:
+        summary["breakdown"] = breakdown(traced, pct)
     for name, values in (("grant", grant_ms), ("grant_from_send", service_ms), ("release", release_ms)):
         if values:
             summary[name] = {"p50_ms": round(pct(values, 0.5), 3), "p90_ms": round(pct(values, 0.9), 3),
@@ -271,28 +266,66 @@ async def run_serial(conn: Conn, n: int) -> dict[str, Any]:
                       "mean_ms": round(statistics.fmean(grant_ms), 3)}}
 
 
-async def bench(port: int, rates: list[float], seconds: float, probe: LoopProbe | None) -> dict[str, Any]:
+async def bench(port: int, rates: list[float], seconds: float, probe: LoopProbe | None,
+                floor: bool = False, redis_port: int | None = None) -> dict[str, Any]:
     if probe:
         probe.start()
     pool = Pool(port, 64)
-    await fill_backlog(pool)
-    _, snapshot = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
-    queued = {lane: info["queued"] for lane, info in snapshot["lanes"].items() if info["queued"]}
+    queued: dict[str, int] = {}
+    if not floor:
+        await fill_backlog(pool)
+        _, snapshot = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
+        queued = {lane: info["queued"] for lane, info in snapshot["lanes"].items() if info["queued"]}
     await run_rate(pool, 100, 2)  # warm-up: connections, script cache, caches
-    runs = {f"{rate:g}": await run_rate(pool, rate, seconds) for rate in rates}
-    runs["serial"] = await run_serial(Conn(port), 1000)
-    _, after = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
-    return {"queued_during_run": queued, "queued_after": {k: v["queued"] for k, v in after["lanes"].items()
-                                                          if v["queued"]}, "runs": runs}
+    # the load generator's own collections are not the gateway's latency: none while timing
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        runs: dict[str, Any] = {}
+        for rate in rates:
+            if redis_port:
+                redis_watch_start(redis_port)
+            runs[f"{rate:g}"] = await run_rate(pool, rate, seconds)
+            if redis_port:
+                runs[f"{rate:g}"]["redis_side"] = redis_watch_read(redis_port)
+        runs["serial"] = await run_serial(Conn(port), 1000)
+    finally:
+        gc.enable()
+        gc.unfreeze()
+    after: dict[str, int] = {}
+    if not floor:
+        _, snap = await pool.request("GET", "/queue", None, {"X-API-Key": "bench-key"})
+        after = {k: v["queued"] for k, v in snap["lanes"].items() if v["queued"]}
+    return {"queued_during_run": queued, "queued_after": after, "runs": runs}
 
 
-def run_config(exe: str, aof: bool, rates: list[float], seconds: float, probe: bool = False) -> dict[str, Any]:
-    """Fresh redis-server + one gateway process, backlog, then the timed runs (`probe`: with `LoopProbe`s)."""
+def parse_cpus(spec: str | None) -> dict[str, set[int]]:
+    """`client=15,gateway=13,redis=14` (a role may list several: `gateway=12+13`) -> CPU sets per role."""
+    out: dict[str, set[int]] = {}
+    for part in (spec or "").split(","):
+        if part.strip():
+            role, _, cpus = part.partition("=")
+            out[role.strip()] = {int(c) for c in cpus.split("+")}
+    return out
+
+
+def pin(pid: int, role: str, cpus: dict[str, set[int]]) -> None:
+    if role in cpus:
+        os.sched_setaffinity(pid, cpus[role])
+
+
+def run_config(exe: str, aof: bool, rates: list[float], seconds: float, *, probe: bool = False, trace: bool = False,
+               cpus: dict[str, set[int]] | None = None) -> dict[str, Any]:
+    """Fresh redis-server + one gateway process, backlog, then the timed runs (`probe`: with `LoopProbe`s; `trace`:
+    the gateway stamps its answers, see queue_trace.py; `cpus`: processes pinned per role)."""
+    cpus = cpus or {}
     with tempfile.TemporaryDirectory() as tmp:
         rport, gport = free_port(), free_port()
         persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else ["--appendonly", "no"]
         redis_proc = subprocess.Popen([exe, "--port", str(rport), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
                                        *persistence], stdout=subprocess.DEVNULL)
+        pin(redis_proc.pid, "redis", cpus)
         wait_port(rport)
         env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{rport}/0", "QUEUE_GPUS": "gpu0=80000,gpu1=8000",
                "API_KEYS": "bench-key,friend-key," + ",".join(f"user-key-{i}" for i in range(5)),
@@ -300,14 +333,16 @@ def run_config(exe: str, aof: bool, rates: list[float], seconds: float, probe: b
                "QUEUE_POLL_TTL_SECONDS": "3600", "QUEUE_LEASE_TTL_SECONDS": "3600", "LOG_LEVEL": "WARNING",
                "GARY_URL": ""}
         probe_file = Path(tmp) / "gateway_probe.json"
-        launch = [__file__, "--serve-probed-gateway"] if probe else ["-m", "gpuqueue.cli"]
+        flags = [f for f, on in (("probe", probe), ("trace", trace)) if on]
+        launch = [__file__, "--serve-gateway", ",".join(flags)] if flags else ["-m", "gpuqueue.cli"]
         gw = subprocess.Popen([sys.executable, *launch, "--host", "127.0.0.1", "--port", str(gport)],
                               env={**env, "QUEUE_BENCH_PROBE": str(probe_file)})
+        pin(gw.pid, "gateway", cpus)
         client_probe = LoopProbe() if probe else None
         try:
             wait_port(gport)
             load_before = os.getloadavg()
-            out = asyncio.run(bench(gport, rates, seconds, client_probe))
+            out = asyncio.run(bench(gport, rates, seconds, client_probe, redis_port=rport if trace else None))
             load_after = os.getloadavg()
         finally:
             gw.terminate()
@@ -320,10 +355,28 @@ def run_config(exe: str, aof: bool, rates: list[float], seconds: float, probe: b
                 if "window" in r:
                     r["loop_lag"] = {"gateway": lag_summary(gateway_samples, *r["window"]),
                                      "client": lag_summary(client_probe.samples if client_probe else [], *r["window"])}
-    return {"redis_persistence": ("AOF, fsync every second" if aof else "none") + (" (loops probed)" if probe else ""),
-            **out,
+    label = ("AOF, fsync every second" if aof else "none") + "".join(f" ({f})" for f in flags)
+    if cpus:
+        label += " (pinned " + " ".join(f"{role}={'+'.join(map(str, sorted(c)))}" for role, c in cpus.items()) + ")"
+    return {"redis_persistence": label, **out,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after]}
+
+
+def run_floor(rates: list[float], seconds: float, cpus: dict[str, set[int]]) -> dict[str, Any]:
+    """The control: the same client against a canned-answer server (queue_trace.serve_floor), no Redis."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(port)])
+    pin(proc.pid, "gateway", cpus)
+    try:
+        wait_port(port)
+        load_before = os.getloadavg()
+        out = asyncio.run(bench(port, rates, seconds, None, floor=True))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"redis_persistence": "floor: canned-answer server, no gateway, no Redis", **out,
+            "load_average_before": [round(x, 2) for x in load_before], "load_average_after": []}
 
 
 def lag_rows(configs: dict[str, Any]) -> list[str]:
@@ -341,6 +394,28 @@ def lag_rows(configs: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
+def breakdown_rows(configs: dict[str, Any]) -> list[str]:
+    rows = []
+    for config in configs.values():
+        for rate, r in config["runs"].items():
+            b = r.get("breakdown")
+            if b:
+                cells = " | ".join(f"{b['all'][seg]['p50_ms']} / {b['all'][seg]['p99_ms']} / "
+                                   f"{b['slowest_1pct_mean'][seg]}" for seg in SEGMENTS)
+                side = r.get("redis_side", {})
+                rows.append(f"| {config['redis_persistence']} | {rate} | {cells} | {b['slowest_1pct_total_ms']} | "
+                            f"{r.get('host_cpu', {}).get('steal_pct', '-')} | "
+                            f"{ {k[8:]: v['usec_per_call'] for k, v in side.get('scripts', {}).items()} } | "
+                            f"{side.get('slow_count', '-')} (max {side.get('slow_max_us', '-')} us) |")
+    if not rows:
+        return []
+    return ["Where grants spent their time (`--trace`), ms: p50 / p99 / mean over the slowest 1%. client_lag: schedule "
+            "to send; to_gateway: send to the gateway's first read; in_uvicorn: read to the app; handler: the app "
+            "minus Redis; redis: awaiting scripts; back_to_client: answer to the client having it.", "",
+            "| redis | rate | " + " | ".join(SEGMENTS) + " | slowest 1% total | steal % | script us/call in redis "
+            "| commands > 250 us |", "|---|---|" + "---|" * (len(SEGMENTS) + 4), *rows, ""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, action="append", help="requests/s (repeatable; default 200)")
@@ -350,16 +425,33 @@ def main() -> int:
     parser.add_argument("--probe-loops", action="store_true", help="measure event-loop stalls in the config without "
                         "persistence (a 1 ms ticker in the gateway and the client; see the module docstring)")
     parser.add_argument("--baseline-label", default="before", help="what the baseline rows were measured on")
-    if sys.argv[1:2] == ["--serve-probed-gateway"]:
-        return serve_probed_gateway(sys.argv[2:])
+    parser.add_argument("--trace", action="store_true", help="the gateway stamps each answer; the results gain a "
+                        "per-segment breakdown of where grants spent their time (queue_trace.py)")
+    parser.add_argument("--floor", action="store_true", help="also run the same client against a canned-answer "
+                        "server: the host's own floor for this round trip (queue_trace.serve_floor)")
+    parser.add_argument("--cpus", help="pin processes per role, e.g. client=15,gateway=13,redis=14")
+    parser.add_argument("--out", default="queue", help="results file stem under bench/results (diagnosis runs "
+                        "should not overwrite queue.json)")
+    if sys.argv[1:2] == ["--serve-gateway"]:
+        flags = sys.argv[2].split(",")
+        return serve_gateway(sys.argv[3:], probe="probe" in flags, trace="trace" in flags)
+    if sys.argv[1:2] == ["--serve-floor"]:
+        return serve_floor(int(sys.argv[2]))
     args = parser.parse_args()
+    cpus = parse_cpus(args.cpus)
+    pin(0, "client", cpus)
     rates = args.rate or [200.0]
     exe = shutil.which("redis-server")
     if exe is None:
         raise SystemExit("redis-server not found")
     redis_version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
-    configs = {"aof_everysec": run_config(exe, True, rates, args.seconds),  # as deployed (Dockerfile.redis)
-               "no_persistence": run_config(exe, False, rates, args.seconds, args.probe_loops)}  # isolates fsync stalls
+    configs: dict[str, Any] = {}
+    if args.floor:
+        configs["floor"] = run_floor(rates, args.seconds, cpus)
+    # as deployed (Dockerfile.redis), then without persistence (isolates fsync stalls)
+    configs["aof_everysec"] = run_config(exe, True, rates, args.seconds, trace=args.trace, cpus=cpus)
+    configs["no_persistence"] = run_config(exe, False, rates, args.seconds, probe=args.probe_loops, trace=args.trace,
+                                           cpus=cpus)
     result = {
         "benchmark": "gpuqueue lease grant round trip (POST /leases -> granted), loopback, open-loop fixed rate",
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "redis": redis_version,
@@ -370,7 +462,7 @@ def main() -> int:
         old = json.loads(args.baseline.read_text())
         result["baseline"] = {"label": args.baseline_label, "configs": old["configs"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "queue.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=2) + "\n")
     rows = ["| redis | rate (req/s) | achieved | grant p50 | grant p90 | grant p99 | max | release p50 | release p99 | "
             "errors | load avg (1 min) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     tables = [("", configs)]
@@ -384,7 +476,7 @@ def main() -> int:
                             f"{g.get('p50_ms')} ms | {g.get('p90_ms')} ms | {g.get('p99_ms')} ms | {g.get('max_ms')} ms | "
                             f"{ms(rel.get('p50_ms'))} | {ms(rel.get('p99_ms'))} | {r['errors']} | "
                             f"{config['load_average_before'][0]} |")
-    first = next(iter(configs.values()))
+    first = configs["aof_everysec"]
     md = [
         "# GPU queue gateway: lease grant round trip",
         "",
@@ -399,9 +491,10 @@ def main() -> int:
         *rows,
         "",
         *lag_rows(configs),
+        *breakdown_rows(configs),
         f"Goal: {result['goal']}. Re-run: `.venv/bin/python bench/queue_bench.py`.",
     ]
-    (RESULTS / "queue.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{args.out}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import BodyLimit, check_api_key, default_error_body, install_error_handlers, replaying
@@ -25,10 +26,10 @@ from garycommon.settings import Settings, get_settings
 from .gateway import Gateway
 from .models import EnqueueRequest, GpuRequest, HeartbeatRequest, LeaseRequest, ReleaseRequest, StatusRequest
 
+log = logging.getLogger(__name__)
 GENERATION = "generation"
 # a hot route: validates (raising as the FastAPI route would) and returns the gateway call to make
 Route = Callable[[dict[str, Any], str | None, str], Callable[[], Awaitable[dict[str, Any]]]]
-
 
 
 async def _no_receive() -> Message:
@@ -38,27 +39,35 @@ async def _no_receive() -> Message:
 class HotRoutes:
     """`POST /leases` and `POST /leases/{id}/release` with a valid JSON body and key, straight to the gateway.
 
-    A worker pays these two on every model run, and FastAPI's routing, dependency solving and wrappers cost more
+    A worker pays these two on every model run, and FastAPI's routing, dependency solving and middleware cost more
     than the gateway's own work. Only the all-valid case is taken here, with the same model, the same key check, the
     same gateway calls, the same JSONResponse and the app's own error handlers; anything else (bad JSON, wrong key,
-    invalid fields, another content type, no body) goes on to the routes untouched, so every error answer is FastAPI's.
+    invalid fields, another content type, no declared length, a body over the cap) goes on to the app untouched, so
+    every refusal is the routes' or BodyLimit's.
     """
 
-    def __init__(self, app: ASGIApp, gateway: Gateway, keys: list[str], handlers: Callable[[], dict[Any, Any]]) -> None:
+    def __init__(self, app: FastAPI, gateway: Gateway, keys: list[str], limit: int) -> None:
         self.app = app
         self.gateway = gateway
         self.keys = keys
-        self.handlers = handlers
+        self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" and scope["method"] == "POST" else ""
+    def route_for(self, scope: Scope) -> Route | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        path = scope["path"]
         if path == "/leases":
-            route: Route = self._acquire
-        elif (path.startswith("/leases/") and path.endswith("/release") and path.count("/") == 3
-              and len(path) > len("/leases//release")):
-            route = self._release
-        else:
-            await self.app(scope, receive, send)
+            return self._acquire
+        if (path.startswith("/leases/") and path.endswith("/release") and path.count("/") == 3
+                and len(path) > len("/leases//release")):
+            return self._release
+        return None
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, route: Route,
+                     fallback: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await fallback(scope, receive, send)  # BodyLimit's to refuse or stream
             return
         body, more = b"", True
         while more:
@@ -68,9 +77,9 @@ class HotRoutes:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         request = Request(scope)
-        answer = await self._answer(request, body, route, path)
+        answer = await self._answer(request, body, route, scope["path"])
         if answer is None:
-            await self.app(scope, replaying(body, receive), send)
+            await fallback(scope, replaying(body, receive), send)
             return
         await answer(scope, _no_receive, send)
 
@@ -88,8 +97,10 @@ class HotRoutes:
             return None
         try:
             return JSONResponse(await call())
-        except (GaryError, RedisError) as exc:
-            handlers = self.handlers()
+        except Exception as exc:  # the answer the routes would give: the app's handler for the nearest class
+            if not isinstance(exc, GaryError | RedisError):
+                log.exception("lease call failed")
+            handlers = self.app.exception_handlers
             handler = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
             return await handler(request, exc)
 
@@ -102,6 +113,20 @@ class HotRoutes:
         lane, sid = self.gateway.parse_lease_id(path[len("/leases/"):-len("/release")])
         return lambda: self.gateway.set_status(lane, sid, body.outcome, fence=body.fencing_token, error=body.error,
                                                peak_mb=body.peak_vram_mb)
+
+
+class GatewayApp(FastAPI):
+    """The FastAPI app, with the two lease calls workers make on every run answered before its middleware stack."""
+
+    hot: HotRoutes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.hot.route_for(scope) if self.hot is not None else None
+        if route is None:
+            await super().__call__(scope, receive, send)
+            return
+        assert self.hot is not None
+        await self.hot.handle(scope, receive, send, route, super().__call__)
 
 
 def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -> FastAPI:
@@ -122,7 +147,7 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         finally:
             await gateway.stop()
 
-    app = FastAPI(title="gary GPU queue gateway", version="1.0", lifespan=lifespan)
+    app = GatewayApp(title="gary GPU queue gateway", version="1.0", lifespan=lifespan)
     app.state.gateway = gateway
     install_error_handlers(app)
 
@@ -131,8 +156,8 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         err = GaryError(ErrorCode.SERVICE_UNAVAILABLE, f"queue storage (redis) unavailable: {type(exc).__name__}")
         return JSONResponse(default_error_body(err), status_code=503, headers={"Retry-After": "1"})
 
-    app.add_middleware(HotRoutes, gateway=gateway, keys=settings.api_keys, handlers=lambda: app.exception_handlers)
     limit = settings.queue_max_body_bytes
+    app.hot = HotRoutes(app, gateway, settings.api_keys, limit)
     app.add_middleware(BodyLimit, limit=limit,  # added last: runs first
                        message=f"request body over {limit} bytes (tasks carry parameters, never audio)")
 

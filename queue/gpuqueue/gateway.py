@@ -243,7 +243,7 @@ class Gateway:
         try:
             while True:
                 event.clear()
-                out = await self.scheduler.heartbeat(tid, queued_only=True)
+                out = await self.scheduler.heartbeat(tid, queued_only=True, watch=True)
                 if out.get("result") == "not_found":
                     self._raise_for(out, lane, sid)
                 left = deadline - time.monotonic()

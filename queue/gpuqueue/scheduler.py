@@ -130,9 +130,11 @@ class Scheduler:
         return await self._call("finish", {"tid": tid, "status": status, "fence": NO_FENCE if fence is None else fence,
                                            "error": error or "", "peak": peak_mb or 0})
 
-    async def heartbeat(self, tid: str, *, fence: int | None = None, queued_only: bool = False) -> dict[str, Any]:
+    async def heartbeat(self, tid: str, *, fence: int | None = None, queued_only: bool = False,
+                        watch: bool = False) -> dict[str, Any]:
+        """`watch`: a long-poll waits here, so the task's grant must be published (see lib.lua's grant)."""
         return await self._call("heartbeat", {"tid": tid, "fence": NO_FENCE if fence is None else fence,
-                                              "queued_only": queued_only})
+                                              "queued_only": queued_only, "watch": watch})
 
     async def expire(self, limit: int = 500) -> dict[str, Any]:
         return await self._call("expire", {"limit": limit})

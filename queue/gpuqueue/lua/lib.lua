@@ -156,7 +156,8 @@ local function grant(c, gpu)
   observe('wait', c.lane, (NOW - num(t.wait_from, NOW)) / 1000)
   event({op = 'grant', tid = tid, gpu = gpu.id, mb = mb, used = gpu.used, cap = gpu.cap, fence = fence,
          bypassed = num(t.bypassed, 0)})
-  redis.call('PUBLISH', K_GRANTED, tid)
+  -- only a long-poll (GET /leases/{id}?wait=) listens; an acquire answered inline costs the replicas nothing
+  if t.watched == '1' then redis.call('PUBLISH', K_GRANTED, tid) end
   if t.cb ~= nil and t.cb ~= '' then
     local active, queued = lane_counts(c.lane)
     outbox_add(tid, t, 'ready', t.sid .. '_' .. c.lane .. '_ready_' .. grants,
