@@ -206,6 +206,11 @@ def gq_positions() -> str:
     return f"{QUEUE_PREFIX}positions"
 
 
+def gq_waiting_lanes() -> str:
+    """Set of lanes that may have queued heads: a grant pass reads only these (an empty one is dropped by the pass)."""
+    return f"{QUEUE_PREFIX}waiting_lanes"
+
+
 def gq_granted_channel() -> str:
     """Pub/sub channel carrying the task id of every grant (wakes long-polling lease waiters on any replica)."""
     return f"{QUEUE_PREFIX}granted"

@@ -74,6 +74,7 @@ class Gateway:
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
     async def start(self) -> None:
+        await self.scheduler.mark_waiting(self.lanes)
         await self._register_configured_gpus()
         interval = self.settings.queue_reaper_interval_seconds
         self._tasks = [

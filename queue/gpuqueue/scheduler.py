@@ -139,6 +139,12 @@ class Scheduler:
     async def expire(self, limit: int = 500) -> dict[str, Any]:
         return await self._call("expire", {"limit": limit})
 
+    async def mark_waiting(self, lanes: list[str]) -> None:
+        """List every lane as possibly waiting (start-up): queues written before the waiting-lanes index existed get
+        scheduled, and the next grant pass drops the lanes it finds empty."""
+        if lanes:
+            await self.redis.sadd(rediskeys.gq_waiting_lanes(), *lanes)
+
     async def register_gpu(self, gpu_id: str, capacity_mb: int) -> dict[str, Any]:
         return await self._call("gpu", {"id": gpu_id, "cap": capacity_mb})
 

@@ -22,7 +22,7 @@ redis.call('HSET', tk, 'lane', OP.lane, 'sid', OP.sid, 'client', OP.client, 'key
   'owner', OP.owner, 'resident', OP.resident, 'ttl_ms', OP.ttl_ms, 'state', 'queued', 'seq', seq, 'enq_at', NOW,
   'wait_from', NOW, 'grants', 0, 'bypassed', 0, 'qn', 0, 'error', '')
 if redis.call('RPUSH', k_q(OP.lane, OP.client), OP.sid) == 1 then
-  redis.call('ZADD', k_heads(OP.lane), redis.call('INCR', P .. 'ticket'), OP.client)
+  heads_add(OP.lane, redis.call('INCR', P .. 'ticket'), OP.client)
 end
 redis.call('ZADD', k_queued(OP.lane), seq, OP.sid)
 if OP.cb ~= '' then redis.call('SADD', k_cbqueued(OP.lane), OP.sid) end

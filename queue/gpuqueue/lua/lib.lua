@@ -32,6 +32,7 @@ local K_OUTBOX = P .. 'outbox'
 local K_LATEST = P .. 'notify_latest'
 local K_POSITIONS = P .. 'positions'
 local K_GRANTED = P .. 'granted'
+local K_WAITING = P .. 'waiting_lanes'
 local function k_hist(kind, lane) return P .. 'hist:' .. kind .. ':' .. lane end
 local function k_notif(nid) return P .. 'notif:' .. nid end
 
@@ -86,6 +87,18 @@ local function ttl_of(lane)
   return num(CFG.lane_ttl_ms[lane], CFG.ttl_ms)
 end
 
+-- A client enters its lane's round-robin. K_WAITING lists the lanes that may have heads, so a grant pass reads
+-- only those; a lane is added with its first head and dropped lazily, by the first pass that finds it empty.
+local function heads_add(lane, score, client, only_new)
+  local added
+  if only_new then
+    added = redis.call('ZADD', k_heads(lane), 'NX', score, client)
+  else
+    added = redis.call('ZADD', k_heads(lane), score, client)
+  end
+  if added == 1 then redis.call('SADD', K_WAITING, lane) end
+end
+
 local function load_gpus()
   local order = redis.call('ZRANGE', K_GPU_ORDER, 0, -1)
   local caps = hgetall(K_GPUS)
@@ -129,14 +142,16 @@ end
 
 local function grant(c, gpu)
   local tid, tk = c.tid, k_task(c.tid)
-  local t = hgetall(tk)
+  local f = redis.call('HMGET', tk, 'resident', 'mb', 'ttl_ms', 'key', 'wait_from', 'bypassed', 'cb', 'watched', 'type')
+  local t = {resident = f[1], mb = f[2], ttl_ms = f[3], key = f[4], wait_from = f[5], bypassed = f[6], cb = f[7] or '',
+             watched = f[8], type = f[9], sid = c.sid, lane = c.lane}
   local q = k_q(c.lane, c.client)
   redis.call('LPOP', q)
   if redis.call('LLEN', q) == 0 then
     redis.call('ZREM', k_heads(c.lane), c.client)
   else
     -- the client's next task waits for the other clients' turns (round-robin)
-    redis.call('ZADD', k_heads(c.lane), redis.call('INCR', P .. 'ticket'), c.client)
+    heads_add(c.lane, redis.call('INCR', P .. 'ticket'), c.client)
   end
   redis.call('ZREM', k_queued(c.lane), c.sid)
   redis.call('SREM', k_cbqueued(c.lane), c.sid)
@@ -163,7 +178,7 @@ local function grant(c, gpu)
     outbox_add(tid, t, 'ready', t.sid .. '_' .. c.lane .. '_ready_' .. grants,
       {fence = fence, expires_at = expires, gpu = gpu.id, active = active, queued = queued, position = 0})
   end
-  return {tid = tid, gpu = gpu.id, fence = fence, notify = (t.cb ~= nil and t.cb ~= '')}
+  return {tid = tid, gpu = gpu.id, fence = fence, notify = (t.cb ~= nil and t.cb ~= ''), resident = t.resident == '1'}
 end
 
 -- One scheduling pass: grant heads in round-robin order while they fit. A head that does not fit on any GPU it
@@ -174,15 +189,25 @@ local function schedule()
   local gpus = load_gpus()
   -- Within one pass only a grant changes what was read: the granted client's lane (its heads and running count)
   -- and that client's head task. Everything else is read once per pass, not once per grant.
-  local lane_heads, head_info = {}, {}
+  local lane_heads, head_info, lanes = {}, {}, {}
+  for _, lane in ipairs(redis.call('SMEMBERS', K_WAITING)) do
+    local cap = CFG.lanes[lane]  -- nil: a lane this replica does not serve (another replica's config may)
+    if cap ~= nil then
+      lanes[lane] = {cap = cap, active = cap > 0 and redis.call('SCARD', k_active(lane)) or 0}
+    end
+  end
   for _ = 1, CFG.max_grants do
     local cand = {}
-    for lane, cap in pairs(CFG.lanes) do
-      if cap <= 0 or redis.call('SCARD', k_active(lane)) < cap then
+    for lane, l in pairs(lanes) do
+      if l.cap <= 0 or l.active < l.cap then
         local h = lane_heads[lane]
         if h == nil then
           h = redis.call('ZRANGE', k_heads(lane), 0, -1, 'WITHSCORES')
           lane_heads[lane] = h
+          if #h == 0 then
+            redis.call('SREM', K_WAITING, lane)
+            lanes[lane] = nil
+          end
         end
         for i = 1, #h, 2 do cand[#cand + 1] = {lane = lane, client = h[i], score = tonumber(h[i + 1])} end
       end
@@ -240,7 +265,10 @@ local function schedule()
       end
     end
     if chosen == nil then break end
-    grants[#grants + 1] = grant(chosen, chosen_gpu)
+    local g = grant(chosen, chosen_gpu)
+    grants[#grants + 1] = g
+    if not g.resident then lanes[chosen.lane].active = lanes[chosen.lane].active + 1 end
+    g.resident = nil
     lane_heads[chosen.lane] = nil
     head_info[chosen.lane .. '\0' .. chosen.client] = nil
   end
@@ -251,9 +279,7 @@ end
 local function requeue(tid, t, reason)
   local q = k_q(t.lane, t.client)
   redis.call('LPUSH', q, t.sid)
-  if redis.call('ZSCORE', k_heads(t.lane), t.client) == false then
-    redis.call('ZADD', k_heads(t.lane), 0, t.client)  -- it had its turn already: first in line again
-  end
+  heads_add(t.lane, 0, t.client, true)  -- unless it is in line already: first in line again (it had its turn)
   redis.call('ZADD', k_queued(t.lane), num(t.seq, 0), t.sid)
   if t.cb ~= nil and t.cb ~= '' then redis.call('SADD', k_cbqueued(t.lane), t.sid) end
   redis.call('HINCRBY', K_KEYSTATS, 'q:' .. t.key, 1)
