@@ -5,14 +5,17 @@ Runs on the CPU (no GPU involved): a fresh redis-server and one `gpu-queue-serve
 The backlog is what a busy shared server holds: a friend's batch of 500 tasks pinned to a busy second GPU, and
 500 transforms (50 users) waiting behind the one-at-a-time transform lane. The measured
 requests (`POST /leases`, generation lane, 1 GB, another key) fit and are granted at once; each is released right
-after (releases are extra load, timed separately). Requests are sent open-loop on a fixed schedule, so a slow
-answer cannot hide the ones queued behind it; latency is measured from the scheduled send time. The schedule is
-kept by a pacing thread (`pace`), not by asyncio timers: the loop's epoll waits in whole milliseconds, so a timer
-fires up to 1 ms late and that lateness would be billed to the gateway (it was ~0.6 ms of every median).
+after (releases are extra load, timed separately). Requests are sent on a fixed schedule and latency is measured from
+the scheduled send time, so a slow answer cannot hide the ones due behind it. The timed runs send from blocking
+sockets (`run_rate_sync`: sleep, then spin the last 0.3 ms to the scheduled instant): the earlier client, a pacing
+thread handing each request to an asyncio loop (`--client asyncio`), added 0.15-0.2 ms at p50 and ~0.5 ms at p99
+of its own, billed to the gateway.
 
-    .venv/bin/python bench/queue_bench.py [--rate 200] [--seconds 15]
+    .venv/bin/python bench/queue_bench.py [--rate 200] [--seconds 15] [--floor] [--trace] [--out NAME]
 
-Writes bench/results/queue.json and bench/results/queue.md.
+Writes bench/results/queue.json and bench/results/queue.md (`--out` another stem for diagnosis runs). `--floor`
+adds the same client against a canned-answer server (the host's own floor); `--trace` adds where each grant's time
+went (queue_trace.py); `--cpus client=15,gateway=13,redis=14` pins processes.
 
 `--probe-loops` (diagnosis): the config without persistence runs with a 1 ms ticker in the gateway's event loop
 and in the client's, reporting how late each tick fired (loop stalls) during the timed window. The ticker keeps
@@ -101,6 +104,14 @@ class Conn:
     async def request_traced(self, method: str, path: str, body: dict[str, Any] | None = None,
                              headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str | None]:
         """(status, JSON body, the gateway's `x-bench-t` stamp when it runs traced)."""
+        try:
+            return await self._request(method, path, body, headers)
+        except (ConnectionError, asyncio.IncompleteReadError):  # the server closed an idle keep-alive: once more, anew
+            self.writer = None
+            return await self._request(method, path, body, headers)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None,
+                       headers: dict[str, str] | None) -> tuple[int, dict[str, Any], str | None]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
@@ -108,19 +119,8 @@ class Conn:
         head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(payload)}",
                 "Content-Type: application/json"] + [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-        status_line = await self.reader.readline()
-        status = int(status_line.split()[1])
-        length, stamp = 0, None
-        while True:
-            line = await self.reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            name, _, value = line.decode().partition(":")
-            name = name.lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "x-bench-t":
-                stamp = value.strip()
+        answer = await self.reader.readuntil(b"\r\n\r\n")
+        status, length, stamp = parse_head(answer[:-4])
         data = await self.reader.readexactly(length)
         return status, json.loads(data) if data else {}, stamp
 
@@ -188,63 +188,170 @@ async def fill_backlog(pool: Pool) -> None:
         raise RuntimeError(f"backlog enqueue failed: {bad[:3]}")
 
 
+def lease_body(tag: str, i: int) -> dict[str, Any]:
+    return {"model": "facebook/musicgen-small", "lane": "generation", "owner": "bench", "session_id": f"{tag}-{i}",
+            "vram_mb": 1000, "client_key": f"c{i % 8}"}
+
+
+class Recorder:
+    """One timed run's samples (ms) and its summary, whichever client sent the requests."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.grant: list[float] = []
+        self.from_send: list[float] = []
+        self.release: list[float] = []
+        self.errors: list[str] = []
+        self.traced: list[tuple[float, dict[str, float]]] = []
+        self.t0, self.wall0, self.cpu0 = time.monotonic(), time.time(), cpu_times()
+
+    def granted(self, scheduled: float, sent: float, done: float, status: int, body: dict[str, Any],
+                stamp: str | None) -> bool:
+        if status != 200 or body.get("status") != "granted":
+            self.errors.append(f"{status} {body.get('status')} {body.get('error', '')}"[:200])
+            return False
+        self.grant.append((done - scheduled) * 1000)
+        self.from_send.append((done - sent) * 1000)
+        parts = segments(scheduled, sent, done, stamp)
+        if parts:
+            self.traced.append((done - scheduled, parts))
+        return True
+
+    def released(self, seconds: float, status: int) -> None:
+        self.release.append(seconds * 1000)
+        if status != 200:
+            self.errors.append(f"release {status}")
+
+    def summary(self, client: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"requests": self.n, "errors": len(self.errors), "error_samples": self.errors[:5],
+                               "achieved_rate": round(self.n / (time.monotonic() - self.t0), 1),
+                               "window": [self.wall0, time.time()], "host_cpu": cpu_share(self.cpu0, cpu_times()),
+                               "client": client}
+        if self.traced:
+            out["breakdown"] = breakdown(self.traced, pct)
+        for name, values in (("grant", self.grant), ("grant_from_send", self.from_send), ("release", self.release)):
+            if values:
+                out[name] = {"p50_ms": round(pct(values, 0.5), 3), "p90_ms": round(pct(values, 0.9), 3),
+                             "p99_ms": round(pct(values, 0.99), 3), "max_ms": round(max(values), 3),
+                             "mean_ms": round(statistics.fmean(values), 3)}
+        return out
+
+
+def parse_head(head: bytes) -> tuple[int, int, str | None]:
+    """(status, Content-Length, the gateway's `x-bench-t` stamp when it runs traced) of a response head."""
+    lines = head.decode().split("\r\n")
+    status, length, stamp = int(lines[0].split()[1]), 0, None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "x-bench-t":
+            stamp = value.strip()
+    return status, length, stamp
+
+
+class SyncConn:
+    """A blocking keep-alive HTTP/1.1 connection for the timed runs: no event loop and no thread hand-off between
+    the schedule and the send, so what the client adds to a grant is a socket write and a read."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def send(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+        payload = json.dumps(body).encode()
+        head = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Content-Length: {len(payload)}",
+                "Content-Type: application/json"] + [f"{k}: {v}" for k, v in headers.items()]
+        self.sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+
+    def receive(self) -> tuple[int, dict[str, Any], str | None]:
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        status, length, stamp = parse_head(head)
+        while len(self.buf) < length:
+            self._fill()
+        data, self.buf = self.buf[:length], self.buf[length:]
+        return status, json.loads(data) if data else {}, stamp
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("gateway closed the connection")
+        self.buf += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_until(t: float) -> None:
+    """Sleep to ~0.3 ms before `t` (time.monotonic), then spin: sleeps wake late by the timer slack and more."""
+    left = t - time.monotonic()
+    if left > 0.0003:
+        time.sleep(left - 0.0003)
+    while time.monotonic() < t:
+        pass
+
+
+def run_rate_sync(port: int, rate: float, seconds: float) -> dict[str, Any]:
+    """The timed run with `SyncConn`s: request i is sent at `start + i / rate` (spinning the last 0.3 ms), its grant
+    released right after; a request that could not go on time (the previous round trip ran over) is sent at once
+    and its lateness counts in its latency, as in an open-loop run."""
+    grant_conn, release_conn = SyncConn(port), SyncConn(port)
+    rec = Recorder(int(rate * seconds))
+    key = {"X-API-Key": "bench-key"}
+    start = time.monotonic() + 0.05
+    try:
+        for i in range(rec.n):
+            scheduled = start + i / rate
+            wait_until(scheduled)
+            sent = time.monotonic()
+            grant_conn.send("/leases", lease_body(f"s{rate:g}", i), key)
+            status, body, stamp = grant_conn.receive()
+            if not rec.granted(scheduled, sent, time.monotonic(), status, body, stamp):
+                continue
+            t = time.monotonic()
+            release_conn.send(f"/leases/{body['lease_id']}/release", {"fencing_token": body["fencing_token"]}, key)
+            status, _, _ = release_conn.receive()
+            rec.released(time.monotonic() - t, status)
+    finally:
+        grant_conn.close()
+        release_conn.close()
+    return rec.summary("sync")
+
+
 async def run_rate(pool: Pool, rate: float, seconds: float) -> dict[str, Any]:
+    """The timed run from the asyncio pool, each request handed to the loop on schedule by a pacing thread."""
     loop = asyncio.get_running_loop()
-    n = int(rate * seconds)
-    grant_ms: list[float] = []
-    service_ms: list[float] = []
-    release_ms: list[float] = []
-    errors: list[str] = []
-    traced: list[tuple[float, dict[str, float]]] = []
+    rec = Recorder(int(rate * seconds))
     key = {"X-API-Key": "bench-key"}
     start = loop.time() + 0.05
 
     async def one(i: int) -> None:
         scheduled = start + i / rate
         sent = loop.time()
-        lease = {"model": "facebook/musicgen-small", "lane": "generation", "owner": "bench",
-                 "session_id": f"b{rate:g}-{i}", "vram_mb": 1000, "client_key": f"c{i % 8}"}
-        status, body, stamp = await pool.request_traced("POST", "/leases", lease, key)
-        done = loop.time()
-        if status != 200 or body.get("status") != "granted":
-            errors.append(f"{status} {body.get('status')} {body.get('error', '')}"[:200])
+        status, body, stamp = await pool.request_traced("POST", "/leases", lease_body(f"b{rate:g}", i), key)
+        if not rec.granted(scheduled, sent, loop.time(), status, body, stamp):
             return
-        grant_ms.append((done - scheduled) * 1000)
-        service_ms.append((done - sent) * 1000)
-        parts = segments(scheduled, sent, done, stamp)
-        if parts:
-            traced.append((done - scheduled, parts))
         t = loop.time()
         status, _ = await pool.request("POST", f"/leases/{body['lease_id']}/release",
                                        {"fencing_token": body["fencing_token"]}, key)
-        release_ms.append((loop.time() - t) * 1000)
-        if status != 200:
-            errors.append(f"release {status}")
+        rec.released(loop.time() - t, status)
 
-    t0, wall0, cpu0 = loop.time(), time.time(), cpu_times()
     tasks: list[asyncio.Task[None]] = []
     launched = asyncio.Event()
 
     def launch(i: int) -> None:
         tasks.append(loop.create_task(one(i)))
-        if len(tasks) == n:
+        if len(tasks) == rec.n:
             launched.set()
 
-    threading.Thread(target=pace, args=(loop, start, rate, n, launch), daemon=True).start()
+    threading.Thread(target=pace, args=(loop, start, rate, rec.n, launch), daemon=True).start()
     await launched.wait()
     await asyncio.gather(*tasks)
-    elapsed = loop.time() - t0
-    summary = {"requests": n, "errors": len(errors), "error_samples": errors[:5],
-               "achieved_rate": round(n / elapsed, 1), "window": [wall0, time.time()],
-               "host_cpu": cpu_share(cpu0, cpu_times())}
-    if traced:
-        summary["breakdown"] = breakdown(traced, pct)
-    for name, values in (("grant", grant_ms), ("grant_from_send", service_ms), ("release", release_ms)):
-        if values:
-            summary[name] = {"p50_ms": round(pct(values, 0.5), 3), "p90_ms": round(pct(values, 0.9), 3),
-                             "p99_ms": round(pct(values, 0.99), 3), "max_ms": round(max(values), 3),
-                             "mean_ms": round(statistics.fmean(values), 3)}
-    return summary
+    return rec.summary("asyncio")
 
 
 async def run_serial(conn: Conn, n: int) -> dict[str, Any]:
@@ -267,7 +374,7 @@ async def run_serial(conn: Conn, n: int) -> dict[str, Any]:
 
 
 async def bench(port: int, rates: list[float], seconds: float, probe: LoopProbe | None,
-                floor: bool = False, redis_port: int | None = None) -> dict[str, Any]:
+                floor: bool = False, redis_port: int | None = None, client: str = "sync") -> dict[str, Any]:
     if probe:
         probe.start()
     pool = Pool(port, 64)
@@ -286,7 +393,10 @@ async def bench(port: int, rates: list[float], seconds: float, probe: LoopProbe 
         for rate in rates:
             if redis_port:
                 redis_watch_start(redis_port)
-            runs[f"{rate:g}"] = await run_rate(pool, rate, seconds)
+            if client == "sync":  # blocks this loop on purpose: nothing else runs in the client meanwhile
+                runs[f"{rate:g}"] = run_rate_sync(port, rate, seconds)
+            else:
+                runs[f"{rate:g}"] = await run_rate(pool, rate, seconds)
             if redis_port:
                 runs[f"{rate:g}"]["redis_side"] = redis_watch_read(redis_port)
         runs["serial"] = await run_serial(Conn(port), 1000)
@@ -316,7 +426,7 @@ def pin(pid: int, role: str, cpus: dict[str, set[int]]) -> None:
 
 
 def run_config(exe: str, aof: bool, rates: list[float], seconds: float, *, probe: bool = False, trace: bool = False,
-               cpus: dict[str, set[int]] | None = None) -> dict[str, Any]:
+               cpus: dict[str, set[int]] | None = None, client: str = "sync") -> dict[str, Any]:
     """Fresh redis-server + one gateway process, backlog, then the timed runs (`probe`: with `LoopProbe`s; `trace`:
     the gateway stamps its answers, see queue_trace.py; `cpus`: processes pinned per role)."""
     cpus = cpus or {}
@@ -338,11 +448,12 @@ def run_config(exe: str, aof: bool, rates: list[float], seconds: float, *, probe
         gw = subprocess.Popen([sys.executable, *launch, "--host", "127.0.0.1", "--port", str(gport)],
                               env={**env, "QUEUE_BENCH_PROBE": str(probe_file)})
         pin(gw.pid, "gateway", cpus)
-        client_probe = LoopProbe() if probe else None
+        client_probe = LoopProbe() if probe and client == "asyncio" else None
         try:
             wait_port(gport)
             load_before = os.getloadavg()
-            out = asyncio.run(bench(gport, rates, seconds, client_probe, redis_port=rport if trace else None))
+            out = asyncio.run(bench(gport, rates, seconds, client_probe, redis_port=rport if trace else None,
+                                    client=client))
             load_after = os.getloadavg()
         finally:
             gw.terminate()
@@ -356,6 +467,8 @@ def run_config(exe: str, aof: bool, rates: list[float], seconds: float, *, probe
                     r["loop_lag"] = {"gateway": lag_summary(gateway_samples, *r["window"]),
                                      "client": lag_summary(client_probe.samples if client_probe else [], *r["window"])}
     label = ("AOF, fsync every second" if aof else "none") + "".join(f" ({f})" for f in flags)
+    if client != "sync":
+        label += f" ({client} client)"
     if cpus:
         label += " (pinned " + " ".join(f"{role}={'+'.join(map(str, sorted(c)))}" for role, c in cpus.items()) + ")"
     return {"redis_persistence": label, **out,
@@ -363,7 +476,7 @@ def run_config(exe: str, aof: bool, rates: list[float], seconds: float, *, probe
             "load_average_after": [round(x, 2) for x in load_after]}
 
 
-def run_floor(rates: list[float], seconds: float, cpus: dict[str, set[int]]) -> dict[str, Any]:
+def run_floor(rates: list[float], seconds: float, cpus: dict[str, set[int]], client: str = "sync") -> dict[str, Any]:
     """The control: the same client against a canned-answer server (queue_trace.serve_floor), no Redis."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--serve-floor", str(port)])
@@ -371,11 +484,12 @@ def run_floor(rates: list[float], seconds: float, cpus: dict[str, set[int]]) -> 
     try:
         wait_port(port)
         load_before = os.getloadavg()
-        out = asyncio.run(bench(port, rates, seconds, None, floor=True))
+        out = asyncio.run(bench(port, rates, seconds, None, floor=True, client=client))
     finally:
         proc.terminate()
         proc.wait(10)
-    return {"redis_persistence": "floor: canned-answer server, no gateway, no Redis", **out,
+    label = "floor: canned-answer server, no gateway, no Redis" + ("" if client == "sync" else f" ({client} client)")
+    return {"redis_persistence": label, **out,
             "load_average_before": [round(x, 2) for x in load_before], "load_average_after": []}
 
 
@@ -430,6 +544,8 @@ def main() -> int:
     parser.add_argument("--floor", action="store_true", help="also run the same client against a canned-answer "
                         "server: the host's own floor for this round trip (queue_trace.serve_floor)")
     parser.add_argument("--cpus", help="pin processes per role, e.g. client=15,gateway=13,redis=14")
+    parser.add_argument("--client", choices=("sync", "asyncio"), default="sync", help="timed runs from blocking "
+                        "sockets on schedule (default), or from the asyncio pool paced by a thread (the earlier client)")
     parser.add_argument("--out", default="queue", help="results file stem under bench/results (diagnosis runs "
                         "should not overwrite queue.json)")
     if sys.argv[1:2] == ["--serve-gateway"]:
@@ -447,11 +563,11 @@ def main() -> int:
     redis_version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
     configs: dict[str, Any] = {}
     if args.floor:
-        configs["floor"] = run_floor(rates, args.seconds, cpus)
+        configs["floor"] = run_floor(rates, args.seconds, cpus, args.client)
     # as deployed (Dockerfile.redis), then without persistence (isolates fsync stalls)
-    configs["aof_everysec"] = run_config(exe, True, rates, args.seconds, trace=args.trace, cpus=cpus)
+    configs["aof_everysec"] = run_config(exe, True, rates, args.seconds, trace=args.trace, cpus=cpus, client=args.client)
     configs["no_persistence"] = run_config(exe, False, rates, args.seconds, probe=args.probe_loops, trace=args.trace,
-                                           cpus=cpus)
+                                           cpus=cpus, client=args.client)
     result = {
         "benchmark": "gpuqueue lease grant round trip (POST /leases -> granted), loopback, open-loop fixed rate",
         "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(), "redis": redis_version,

@@ -212,7 +212,7 @@ def gq_waiting_lanes() -> str:
 
 
 def gq_granted_channel() -> str:
-    """Pub/sub channel carrying the task id of every grant (wakes long-polling lease waiters on any replica)."""
+    """Pub/sub channel carrying the task id of each grant a long-poll watches (wakes the waiter on any replica)."""
     return f"{QUEUE_PREFIX}granted"
 
 
