@@ -188,6 +188,12 @@ async def fill_backlog(pool: Pool) -> None:
         raise RuntimeError(f"backlog enqueue failed: {bad[:3]}")
 
 
+def latency_stats(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(pct(values, 0.5), 3), "p90_ms": round(pct(values, 0.9), 3),
+            "p99_ms": round(pct(values, 0.99), 3), "max_ms": round(max(values), 3),
+            "mean_ms": round(statistics.fmean(values), 3)}
+
+
 def lease_body(tag: str, i: int) -> dict[str, Any]:
     return {"model": "facebook/musicgen-small", "lane": "generation", "owner": "bench", "session_id": f"{tag}-{i}",
             "vram_mb": 1000, "client_key": f"c{i % 8}"}
@@ -231,9 +237,7 @@ class Recorder:
             out["breakdown"] = breakdown(self.traced, pct)
         for name, values in (("grant", self.grant), ("grant_from_send", self.from_send), ("release", self.release)):
             if values:
-                out[name] = {"p50_ms": round(pct(values, 0.5), 3), "p90_ms": round(pct(values, 0.9), 3),
-                             "p99_ms": round(pct(values, 0.99), 3), "max_ms": round(max(values), 3),
-                             "mean_ms": round(statistics.fmean(values), 3)}
+                out[name] = latency_stats(values)
         return out
 
 
@@ -368,9 +372,7 @@ async def run_serial(conn: Conn, n: int) -> dict[str, Any]:
         assert status == 200 and body["status"] == "granted", body
         await conn.request("POST", f"/leases/{body['lease_id']}/release", {"fencing_token": body["fencing_token"]}, key)
     return {"requests": n, "errors": 0, "achieved_rate": None,
-            "grant": {"p50_ms": round(pct(grant_ms, 0.5), 3), "p90_ms": round(pct(grant_ms, 0.9), 3),
-                      "p99_ms": round(pct(grant_ms, 0.99), 3), "max_ms": round(max(grant_ms), 3),
-                      "mean_ms": round(statistics.fmean(grant_ms), 3)}}
+            "grant": latency_stats(grant_ms)}
 
 
 async def bench(port: int, rates: list[float], seconds: float, probe: LoopProbe | None,

@@ -71,6 +71,12 @@ async def _disconnected() -> Message:
     return {"type": "http.disconnect"}
 
 
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length, when it declares a well-formed one."""
+    declared = dict(scope.get("headers") or []).get(b"content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
 class BodyLimit:
     """Refuses request bodies over `limit` bytes with a 413 JSON error before the app parses or stores anything.
 
@@ -88,8 +94,8 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        declared = declared_length(scope)
+        if declared is not None and declared > self.limit:
             await self._reject(send)
             return
         chunks: list[bytes] = []

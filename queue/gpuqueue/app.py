@@ -20,7 +20,14 @@ from redis.exceptions import RedisError
 from starlette.types import Message, Receive, Scope, Send
 
 from garycommon.errors import ErrorCode, GaryError
-from garycommon.httpapp import BodyLimit, check_api_key, default_error_body, install_error_handlers, replaying
+from garycommon.httpapp import (
+    BodyLimit,
+    check_api_key,
+    declared_length,
+    default_error_body,
+    install_error_handlers,
+    replaying,
+)
 from garycommon.settings import Settings, get_settings
 
 from .gateway import Gateway
@@ -65,8 +72,8 @@ class HotRoutes:
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, route: Route,
                      fallback: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if not declared.isdigit() or int(declared) > self.limit:
+        declared = declared_length(scope)
+        if declared is None or declared > self.limit:
             await fallback(scope, receive, send)  # BodyLimit's to refuse or stream
             return
         body, more = b"", True

@@ -178,7 +178,7 @@ local function grant(c, gpu)
     outbox_add(tid, t, 'ready', t.sid .. '_' .. c.lane .. '_ready_' .. grants,
       {fence = fence, expires_at = expires, gpu = gpu.id, active = active, queued = queued, position = 0})
   end
-  return {tid = tid, gpu = gpu.id, fence = fence, notify = (t.cb ~= nil and t.cb ~= ''), resident = t.resident == '1'}
+  return {tid = tid, gpu = gpu.id, fence = fence, notify = (t.cb ~= nil and t.cb ~= '')}
 end
 
 -- One scheduling pass: grant heads in round-robin order while they fit. A head that does not fit on any GPU it
@@ -251,6 +251,7 @@ local function schedule()
           end
           if chosen_gpu then
             chosen = c
+            c.resident = resident
             for _, b in ipairs(blocked) do
               if b.elig[chosen_gpu.id] then b.t[5] = redis.call('HINCRBY', k_task(b.tid), 'bypassed', 1) end
             end
@@ -265,10 +266,8 @@ local function schedule()
       end
     end
     if chosen == nil then break end
-    local g = grant(chosen, chosen_gpu)
-    grants[#grants + 1] = g
-    if not g.resident then lanes[chosen.lane].active = lanes[chosen.lane].active + 1 end
-    g.resident = nil
+    grants[#grants + 1] = grant(chosen, chosen_gpu)
+    if not chosen.resident then lanes[chosen.lane].active = lanes[chosen.lane].active + 1 end
     lane_heads[chosen.lane] = nil
     head_info[chosen.lane .. '\0' .. chosen.client] = nil
   end
