@@ -10,6 +10,7 @@ import binascii
 import io
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import soundfile as sf
@@ -21,6 +22,13 @@ from .errors import AudioError, ErrorCode
 MiB = 1024 * 1024
 DEFAULT_MAX_BYTES = 64 * MiB
 MAX_CHANNELS = 16
+# Rates a client file may declare. The header's rate is trusted by nothing downstream until it passes this check:
+# a WAV claiming 2147483647 Hz once sent the resampler a ~15 GB kernel.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 384000
+# Most floats one resampling kernel may hold (16 MiB). torchaudio's sinc kernel is about out/g x (in/g + 2 x width)
+# for g = gcd(in, out), so 3001 Hz -> 32000 Hz would need ~96 M; past this budget the ratio is approximated.
+RESAMPLE_KERNEL_BUDGET = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,7 @@ def decode_audio_bytes(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Aud
         raise AudioError(ErrorCode.AUDIO_EMPTY, "audio has no samples")
     if data.shape[1] > MAX_CHANNELS:
         raise AudioError(ErrorCode.AUDIO_UNDECODABLE, f"audio has {data.shape[1]} channels (max {MAX_CHANNELS})")
+    check_sample_rate(sr)
     wav = torch.from_numpy(np.ascontiguousarray(data.T))
     if not torch.isfinite(wav).all():
         wav = torch.nan_to_num(wav, nan=0.0, posinf=1.0, neginf=-1.0)
@@ -116,10 +125,57 @@ def decode_audio(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Au
     return decode_audio_bytes(raw, max_bytes=max_bytes)
 
 
+def check_sample_rate(sr: object, what: str = "audio sample rate") -> int:
+    """A declared rate, refused (400) outside MIN_SAMPLE_RATE..MAX_SAMPLE_RATE before anything is sized from it."""
+    rate = int(sr) if isinstance(sr, int | np.integer) else 0
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            ErrorCode.AUDIO_UNDECODABLE,
+            f"{what} {sr} Hz is outside the supported {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz",
+            http_status=400,
+        )
+    return rate
+
+
+def _kernel_floats(down: int, up: int) -> int:
+    """Floats in torchaudio's sinc kernel for a reduced ratio down -> up (lowpass width 6, rolloff 0.99)."""
+    width = math.ceil(6 * down / (min(down, up) * 0.99))
+    return up * (down + 2 * width)
+
+
+def resample_ratio(from_sr: int, to_sr: int, budget: int = RESAMPLE_KERNEL_BUDGET) -> tuple[int, int]:
+    """The (down, up) pair to resample with: the exact reduced ratio when its kernel fits `budget`, else the closest
+    fraction whose kernel does (a pitch error of well under a cent for any rates clients use)."""
+    ratio = Fraction(int(to_sr), int(from_sr))
+    if _kernel_floats(ratio.denominator, ratio.numerator) <= budget:
+        return ratio.denominator, ratio.numerator
+    max_den = math.isqrt(budget * ratio.denominator // max(ratio.numerator, 1)) + 1
+    while True:
+        approx = ratio.limit_denominator(max(max_den, 1))
+        if approx.numerator == 0:  # a huge down-sampling factor: 1 / round(1 / ratio)
+            approx = Fraction(1, max(1, round(1 / ratio)))
+        if _kernel_floats(approx.denominator, approx.numerator) <= budget or max_den <= 1:
+            return approx.denominator, approx.numerator
+        max_den //= 2
+
+
 def resample(wav: torch.Tensor, from_sr: int, to_sr: int) -> torch.Tensor:
+    """Sinc resampling with bounded memory and time whatever the two rates: an awkward ratio (e.g. 3001 -> 32000 Hz,
+    coprime) is replaced by the nearest ratio with a small kernel, and the result is cut or padded to exactly the
+    length the true ratio gives."""
+    from_sr, to_sr = int(from_sr), int(to_sr)
+    if from_sr <= 0 or to_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {from_sr} -> {to_sr}")
     if from_sr == to_sr:
         return wav
-    return AF.resample(wav, int(from_sr), int(to_sr))
+    down, up = resample_ratio(from_sr, to_sr)
+    if down * to_sr == up * from_sr:
+        return AF.resample(wav, from_sr, to_sr)
+    out = AF.resample(wav, down, up)
+    frames = math.ceil(wav.shape[-1] * to_sr / from_sr)
+    if out.shape[-1] > frames:
+        return out[..., :frames].contiguous()
+    return torch.nn.functional.pad(out, (0, frames - out.shape[-1]))
 
 
 def to_mono(wav: torch.Tensor) -> torch.Tensor:

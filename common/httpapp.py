@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,6 +20,12 @@ ErrorBody = Callable[[GaryError], dict[str, Any]]
 
 log = logging.getLogger(__name__)
 WS_MAX_BYTES = 64 * 1024 * 1024 + 64 * 1024
+MAX_JSON_DEPTH = 64  # no route takes more than a few levels; Python's parser dies of RecursionError near 1000
+MAX_JSON_BYTES = 96 * 1024 * 1024  # a 64 MiB audio file as base64 plus its fields
+_JSON_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"')
+_NON_FINITE = re.compile(rb"(?<![\w.])-?(?:NaN|Infinity)(?![\w.])")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 def default_error_body(err: GaryError) -> dict[str, Any]:
@@ -33,8 +41,85 @@ def validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body) -> None:
-    """GaryError -> its status and body; validation errors -> 400 with a readable message; never a bare 500 trace."""
+def json_problem(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a JSON body must be refused before any parser sees it, or None: nesting deeper than `max_depth` (Python's
+    parser answers RecursionError) or a NaN/Infinity literal (not JSON; Python accepts it and it poisons arithmetic).
+
+    Cheap for real traffic (two C-speed scans of the bytes); string contents are stripped before counting only when
+    the body holds enough brackets or a suspicious word to matter.
+    """
+    if body.count(b"[") + body.count(b"{") <= max_depth and b"NaN" not in body and b"Infinity" not in body:
+        return None
+    outside = _JSON_STRING.sub(b'""', body)
+    if _NON_FINITE.search(outside):
+        return "numbers must be finite (NaN and Infinity are not JSON)"
+    brackets = np.frombuffer(outside.translate(None, _NOT_BRACKETS), dtype=np.uint8)
+    if brackets.size > max_depth:
+        steps = np.where((brackets == ord("[")) | (brackets == ord("{")), 1, -1)
+        if int(np.cumsum(steps).max()) > max_depth:
+            return f"JSON is nested deeper than {max_depth} levels"
+    return None
+
+
+class JsonGuard:
+    """Reads a non-form request body (at most `max_bytes`, else 413) and refuses it with a 400 when `json_problem`
+    finds one, before FastAPI or a route parses it; the body is then replayed to the app unchanged."""
+
+    def __init__(self, app: ASGIApp, body: ErrorBody = default_error_body, max_bytes: int = MAX_JSON_BYTES,
+                 max_depth: int = MAX_JSON_DEPTH) -> None:
+        self.app = app
+        self.body = body
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        ctype = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1").lower()
+        if ctype.startswith(_FORM_TYPES):
+            await self.app(scope, receive, send)
+            return
+        too_large = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body is larger than {self.max_bytes // (1024 * 1024)} MiB")
+        declared = declared_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._answer(send, too_large)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        try:
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # client went away
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_bytes:
+                    await self._answer(send, too_large)
+                    return
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        except GaryError as exc:  # an outer cap refusing mid-stream: answer it here, not as a 500
+            await self._answer(send, exc)
+            return
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        problem = json_problem(raw, self.max_depth)
+        if problem is not None:
+            await self._answer(send, GaryError(ErrorCode.BAD_REQUEST, f"invalid JSON body: {problem}"))
+            return
+        await self.app(scope, replaying(raw, receive), send)
+
+    async def _answer(self, send: Send, err: GaryError) -> None:
+        await JSONResponse(self.body(err), status_code=err.http_status)({"type": "http"}, _disconnected, send)
+
+
+def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body, *, max_json_bytes: int = MAX_JSON_BYTES) -> None:
+    """GaryError -> its status and body; validation errors -> 400 with a readable message; never a bare 500 trace.
+
+    Also installs `JsonGuard`, so every service refuses over-deep, non-finite or oversized JSON bodies the same way
+    (400/413) before any parser runs.
+    """
+    app.add_middleware(JsonGuard, body=body, max_bytes=max_json_bytes)
 
     @app.exception_handler(GaryError)
     async def _gary_error(_: Request, exc: GaryError) -> JSONResponse:

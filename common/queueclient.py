@@ -95,12 +95,15 @@ class QueueClient:
 
     # --- callback-style tasks (gary) ----------------------------------------------------------------------------
     async def enqueue(self, lane: str, session_id: str, task_type: str, data: dict, *, callback_url: str | None = None,
-                      model: str | None = None, vram_mb: int | None = None,
-                      client_key: str | None = None) -> dict[str, Any]:
-        """Queue a task (idempotent per session and lane). Returns the gateway's queue status JSON."""
+                      model: str | None = None, vram_mb: int | None = None, client_key: str | None = None,
+                      job_id: str | None = None) -> dict[str, Any]:
+        """Queue a task (idempotent per session, lane and job). Returns the gateway's queue status JSON.
+
+        `job_id` names this one job: callbacks echo it, and a session whose previous job still holds its lease is
+        answered 409 instead of being handed that job's task."""
         body: dict[str, Any] = {"session_id": session_id, "task_type": task_type, "data": data}
         for key, value in (("callback_url", callback_url), ("model", model), ("vram_mb", vram_mb),
-                           ("client_key", client_key)):
+                           ("client_key", client_key), ("job_id", job_id)):
             if value is not None:
                 body[key] = value
         out = await self._request("POST", f"{lane_prefix(lane)}/tasks", json=body)

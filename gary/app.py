@@ -25,7 +25,7 @@ from garycommon.httpapp import WS_MAX_BYTES, BodyLimit, default_error_body, inst
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings, get_settings
 
-from . import events, routes_juce, routes_misc
+from . import console, events, routes_juce, routes_misc
 from .catalog import all_model_names
 from .context import GaryContext
 from .dispatch import Dispatcher, GatewayDispatcher, SoloDispatcher
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
     api.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     api.include_router(routes_juce.router)
     api.include_router(routes_misc.router)
+    api.include_router(console.router)  # the web console at `/`
     events.register(sio, ctx)
     return socketio.ASGIApp(sio, other_asgi_app=BodyLimit(
         api, HTTP_BODY_LIMIT, f"Request body is larger than {HTTP_BODY_LIMIT // (1024 * 1024)} MiB"), socketio_path="socket.io")

@@ -61,7 +61,7 @@ class GatewayDispatcher:
             vram = await asyncio.to_thread(self.vram_for, model)
         await self.client.enqueue(job.lane, job.session_id, job.type, {"job_id": job.job_id, **job.params},
                                   callback_url=self.settings.gary_url, model=model, vram_mb=vram,
-                                  client_key=job.client_key)
+                                  client_key=job.client_key, job_id=job.job_id)
 
     async def report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
                      fencing_token: int | str | None = None) -> None:
@@ -78,7 +78,9 @@ class GatewayDispatcher:
             task = await self.client.task(job.lane, job.session_id)
         except GaryError:
             return True  # gateway unreachable: keep refusing duplicates rather than double-queue
-        return task is not None and str(task.get("status", "queued")) in ALIVE_STATUSES
+        if task is None or task.get("job_id", job.job_id) != job.job_id:
+            return False  # the session's task now belongs to another job (or is gone)
+        return str(task.get("status", "queued")) in ALIVE_STATUSES
 
     async def live_status(self, job: Job) -> dict[str, Any] | None:
         try:

@@ -46,7 +46,7 @@ Text = Annotated[str | None, Field(max_length=MAX_TEXT)]
 
 
 class _Payload(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class GenerationParams(_Payload):

@@ -1,4 +1,4 @@
-"""gary's other HTTP routes: banner, health, the queue gateway's callback, the model list, result recovery,
+"""gary's other HTTP routes: health, the queue gateway's callback, the model list, result recovery,
 session cleanup and warm-up (the last two need an API key when API_KEYS is set)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 
 from garycommon import rediskeys
 from garycommon.errors import GaryError
@@ -33,11 +33,6 @@ FAILURE_STATUSES = frozenset({"failed", "expired", "cancelled", "canceled", "tim
 
 def _ctx(request: Request) -> GaryContext:
     return request.app.state.gary
-
-
-@router.get("/", response_class=PlainTextResponse)
-async def index() -> str:
-    return "The WebSocket server is running."
 
 
 @router.get("/health")
@@ -102,8 +97,9 @@ async def _handle_notification(ctx: GaryContext, session_id: str, status: str, d
                                notification_id: str) -> str:
     job = await ctx.jobs.current(session_id)
     requester = job.requester if job else None
+    job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
     if status in FAILURE_STATUSES:
-        if job is not None and job.state == "queued":
+        if job is not None and job.state == "queued" and job_id in (None, job.job_id):
             await ctx.runner.fail_queued(job, str(data.get("error") or f"the GPU queue reported the task {status}"))
             return "queued job marked failed"
         return "noted"
@@ -113,7 +109,7 @@ async def _handle_notification(ctx: GaryContext, session_id: str, status: str, d
     if status != "ready":
         return "queue status relayed"
     token = data.get("fencing_token")
-    return await ctx.runner.start_ready(session_id, str(data.get("type") or ""),
+    return await ctx.runner.start_ready(session_id, str(data.get("type") or ""), job_id=job_id,
                                         lease_id=str(data["lease_id"]) if data.get("lease_id") else None,
                                         fencing_token=token if isinstance(token, int | str) else None)
 

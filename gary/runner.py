@@ -94,10 +94,15 @@ class JobRunner:
 
     # --- entry points -------------------------------------------------------------------------------------------
     async def start_ready(self, session_id: str, job_type: str, *, lease_id: str | None,
-                          fencing_token: int | str | None) -> str:
-        """A `ready` callback: start the session's pending job exactly once; anything else is reported failed."""
+                          fencing_token: int | str | None, job_id: str | None = None) -> str:
+        """A `ready` callback: start the session's pending job exactly once; anything else is reported failed.
+
+        `job_id` (echoed by the gateway) pins the grant to one job: a session runs many jobs under one task id, and a
+        late grant for an earlier one must never start (or be mistaken for) the current one."""
         job = await self.jobs.current(session_id)
         lane = TRANSFORM_LANE if job_type == "transform_audio" else GENERATION_LANE
+        if job is not None and job_id is not None and job.job_id != job_id:
+            job = None
         if job is None or job.type != job_type or job.state not in ACTIVE_STATES:
             await self._report(lane, session_id, "failed", error="gary has no pending job for this task",
                                fencing_token=fencing_token)
@@ -210,12 +215,14 @@ class JobRunner:
                                seed=output.seed if output.seed is not None else job.seed)
         await self.status.set_status(sid, "completed", job_id=job.job_id)
         await self.status.set_progress(sid, 100)
+        if job.lane == GENERATION_LANE:
+            await self._keep_warm()  # while the task's lease still covers the loaded weights
+        # The gateway hears before the client: a musician's next button press enqueues the session's next task at
+        # once, and must find this one finished rather than still holding the session's task id.
+        await self._report(job.lane, sid, "completed", fencing_token=job.fencing_token)
         await self.notifier.emit("progress_update", {"progress": 100, "session_id": sid}, sid, job.requester)
         await self.notifier.emit(job.result_event, self.result_payload(job, audio_b64, output.metadata), sid,
                                  job.requester)
-        if job.lane == GENERATION_LANE:
-            await self._keep_warm()  # while the task's lease still covers the loaded weights
-        await self._report(job.lane, sid, "completed", fencing_token=job.fencing_token)
 
     def result_payload(self, job: Job, audio_b64: str, metadata: dict[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {"audio_data": audio_b64, "session_id": job.session_id, "job_id": job.job_id,
@@ -234,8 +241,8 @@ class JobRunner:
             await self.status.set_status(sid, "failed", error=err.message, job_id=job.job_id)
         except Exception:
             log.exception("could not record failure of job %s", job.job_id)
-        await self.notifier.error(err, sid, job.requester)
         await self._report(job.lane, sid, "failed", error=err.message, fencing_token=job.fencing_token)
+        await self.notifier.error(err, sid, job.requester)
 
     async def _report(self, lane: str, session_id: str, status: str, *, error: str | None = None,
                       fencing_token: int | str | None = None) -> None:

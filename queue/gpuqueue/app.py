@@ -26,6 +26,7 @@ from garycommon.httpapp import (
     declared_length,
     default_error_body,
     install_error_handlers,
+    json_problem,
     replaying,
 )
 from garycommon.settings import Settings, get_settings
@@ -92,8 +93,8 @@ class HotRoutes:
 
     async def _answer(self, request: Request, body: bytes, route: Route, path: str) -> JSONResponse | None:
         content_type = request.headers.get("content-type", "")
-        if not body or content_type.split(";")[0].strip().lower() != "application/json":
-            return None
+        if not body or content_type.split(";")[0].strip().lower() != "application/json" or json_problem(body):
+            return None  # the app's JsonGuard answers over-deep or non-finite JSON
         try:
             data = json.loads(body)
             key = check_api_key(request, self.keys)

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -39,6 +40,7 @@ from .vram import FALLBACK_GPU_ID, ModelTable, configured_gpus
 log = logging.getLogger(__name__)
 
 LIVE = ("granted", "processing")
+JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # same rule as models.JobId
 GPU_CACHE_S = 1.0
 MAX_LONG_POLL_S = 30.0
 STOP_TIMEOUT_S = 2.0
@@ -146,6 +148,17 @@ class Gateway:
             return data["model_name"][:200]
         return None
 
+    @staticmethod
+    def job_from_data(data: str | dict[str, Any] | None) -> str:
+        """A caller that names its job only inside `data` (as gary's older payloads do) still gets it echoed."""
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError:
+                return ""
+        job = data.get("job_id") if isinstance(data, dict) else None
+        return job if isinstance(job, str) and JOB_ID.fullmatch(job) else ""
+
     def default_model(self, lane: str) -> str:
         return self.settings.terry_model if lane == "transform" else ""
 
@@ -175,11 +188,13 @@ class Gateway:
         if isinstance(req, LeaseRequest):
             session_id = req.session_id or f"lease-{uuid.uuid4().hex[:16]}"
             model, task_type, data, owner, resident = req.model, "lease", "", req.owner, req.resident
+            job_id = ""
             kind = "callback" if req.callback_url else "lease"
         else:
             session_id = req.session_id
             model = req.model or self.model_from_data(req.data) or self.default_model(lane)
             task_type, resident = req.task_type, False
+            job_id = req.job_id or self.job_from_data(req.data)
             data = req.data if isinstance(req.data, str) else json.dumps(req.data) if req.data is not None else ""
             owner = client
             kind = "callback" if (req.callback_url or (req.callback_url is None and lane in GARY_LANES
@@ -192,8 +207,11 @@ class Gateway:
         mb = await self.lease_size(lane, model, req.vram_mb, req.gpus)
         out = await self.scheduler.enqueue(
             lane=lane, session_id=session_id, client=client, key=key, mb=mb, model=model, task_type=task_type,
-            data=data, callback=callback, kind=kind, gpus=req.gpus, owner=owner, resident=resident)
+            data=data, callback=callback, kind=kind, gpus=req.gpus, owner=owner, resident=resident, job_id=job_id)
         result = out.get("result")
+        if result == "busy":
+            raise GaryError(ErrorCode.IN_PROGRESS, f"session {session_id!r} still holds a lease in lane {lane!r} for "
+                            "another job; finish it (POST task/status) before queueing the next", http_status=409)
         if result in ("lane_full", "key_full"):
             retry = await self.retry_after(lane)
             what = (f"the {lane} queue is full ({self.config.lane_max_queued} waiting)" if result == "lane_full"
@@ -328,6 +346,8 @@ class Gateway:
         if state in LIVE:
             view.update(fencing_token=int(task["fence"]), expires_at=int(task["expires_at"]) / 1000,
                         gpu=task.get("gpu"))
+        if task.get("job"):
+            view["job_id"] = task["job"]
         if task.get("error"):
             view["error"] = task["error"]
         if task.get("notify_error"):

@@ -17,6 +17,7 @@ TaskType = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64
 ClientKey = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
 ModelName = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_./:@+-]{1,200}$")]
 Owner = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.:@/-]{1,128}$")]
+JobId = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
 GpuId = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.:/@-]{1,64}$")]
 LaneName = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z0-9_-]{1,32}$")]
 VramMb = Annotated[StrictInt, Field(gt=0, le=MAX_VRAM_MB)]
@@ -43,7 +44,7 @@ def _check_data(value: str | dict[str, Any] | None) -> str | dict[str, Any] | No
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class EnqueueRequest(_Body):
@@ -57,6 +58,8 @@ class EnqueueRequest(_Body):
     vram_mb: VramMb | None = None
     client_key: ClientKey | None = Field(None, description="fairness identity within the caller (e.g. one user)")
     gpus: Annotated[list[GpuId], Field(min_length=1, max_length=64)] | None = None
+    job_id: JobId | None = Field(None, description="the caller's id for this one job (defaults to data.job_id); "
+                                 "echoed in every callback, so the caller knows which of a session's jobs it is for")
 
 
 class StatusRequest(_Body):

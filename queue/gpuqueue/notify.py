@@ -56,6 +56,8 @@ def callback_body(n: dict[str, Any]) -> dict[str, Any]:
     if status == "ready":
         body.update(lease_id=task_id(n["lane"], n["sid"]), fencing_token=int(n["fence"]),
                     expires_at=int(n["expires_at"]) / 1000, gpu=n.get("gpu"))
+    if n.get("job"):
+        body["job_id"] = n["job"]  # which of the session's jobs this is about (the task id is shared by all of them)
     if n.get("error"):
         body["error"] = n["error"]
     return body

@@ -118,11 +118,11 @@ class Scheduler:
 
     async def enqueue(self, *, lane: str, session_id: str, client: str, key: str, mb: int, model: str, task_type: str,
                       data: str, callback: str, kind: str, gpus: list[str] | None, owner: str,
-                      resident: bool) -> dict[str, Any]:
+                      resident: bool, job_id: str = "") -> dict[str, Any]:
         return await self._call("enqueue", {
             "lane": lane, "sid": session_id, "client": client, "key": key, "mb": mb, "model": model, "type": task_type,
             "data": data, "cb": callback, "kind": kind, "gpus": json.dumps(gpus) if gpus else "", "owner": owner,
-            "resident": "1" if resident else "0", "ttl_ms": self.config.ttl_for(lane),
+            "resident": "1" if resident else "0", "ttl_ms": self.config.ttl_for(lane), "job": job_id,
         })
 
     async def finish(self, tid: str, status: str, *, fence: int | None = None, error: str | None = None,

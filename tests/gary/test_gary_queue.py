@@ -206,3 +206,23 @@ async def test_ready_for_a_job_whose_runner_died_runs_it(gary: Gary) -> None:
 async def _job_state(gary: Gary, sid: str, state: str) -> bool:
     job = gary.call(gary.ctx.jobs.current(sid))
     return job is not None and job.state == state
+
+
+async def test_a_sessions_second_and_third_jobs_start_on_their_first_ready(gary: Gary, gateway: str) -> None:
+    """bang -> continue -> retry on one session, each sent the moment the previous result arrives (as gary4live's
+    buttons do): every job runs on the gateway's first grant (no lease has to expire first) and none fails."""
+    rec = await recorder(gary.url)
+    try:
+        mark = rec.mark()
+        await rec.emit("process_audio_request", {"audio_data": wav_b64(2.0), "model_name": MODEL, "prompt_duration": 1})
+        sid = (await rec.wait("process_audio_received", after=mark))["session_id"]
+        await rec.wait("audio_processed", after=mark, within=30)
+        for request, result in (("continue_music_request", "music_continued"), ("retry_music_request", "music_retried")):
+            mark = rec.mark()
+            await rec.emit(request, {"session_id": sid, "model_name": MODEL, "prompt_duration": 1})
+            await rec.wait(result, after=mark, within=30)
+            task = await until(lambda: _finished(gateway, sid))
+            assert task["status"] == "completed" and task["attempts"] == 1, task
+        assert not rec.of("error")
+    finally:
+        await rec.close()

@@ -94,3 +94,22 @@ def test_gives_up_after_the_attempt_budget_and_says_so(make_gateway, sink: Callb
     assert len(sink.received) == 3
     assert "ready: HTTP 500" in http.get(f"{gw.url}/tasks/g1").json()["notify_error"]
     assert 'gq_notifications_total{result="failed"} 1' in http.get(f"{gw.url}/metrics").text
+
+
+def test_each_task_of_a_session_gets_its_own_notification_ids(make_gateway, sink: CallbackSink, http: httpx.Client,
+                                                                ) -> None:
+    """A session's jobs reuse its task id (lane + session): the `ready` of its second and third task must not reuse
+    the first one's notification id, or the receiver drops it as a duplicate and the job waits out a lease TTL."""
+    gw = make_gateway(queue_lease_ttl_seconds=30, gary_url=sink.url)
+    for n in range(3):
+        r = http.post(f"{gw.url}/tasks", json={"session_id": "s3", "task_type": "continue_music", "data": DATA,
+                                               "vram_mb": 100, "job_id": f"job-{n}"})
+        assert r.status_code == 200, r.text
+        wait_until(lambda n=n: sink.statuses("s3").count("ready") == n + 1, 10, f"ready #{n + 1}")
+        ready = [x for x in sink.received if x.body["status"] == "ready"][-1]
+        assert ready.body["job_id"] == f"job-{n}"  # the receiver can tell which of its jobs the grant is for
+        r = http.post(f"{gw.url}/task/status", json={"session_id": "s3", "status": "completed",
+                                                     "fencing_token": ready.body["fencing_token"]})
+        assert r.status_code == 200, r.text
+    ids = [x.notification_id for x in sink.received if x.body["status"] == "ready"]
+    assert len(set(ids)) == 3, ids

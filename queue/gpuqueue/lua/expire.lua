@@ -28,7 +28,7 @@ for _, tid in ipairs(due) do
       if t.resident ~= '1' and grants < CFG.max_attempts then
         requeue(tid, t, 'lease expired after ' .. ttl_s .. ' s without a heartbeat (owner ' .. t.owner .. '); re-queued')
         if t.cb ~= '' then
-          outbox_add(tid, t, 'queued', t.sid .. '_' .. t.lane .. '_requeued_' .. grants,
+          outbox_add(tid, t, 'queued', notif_id(t, 'requeued_' .. grants),
             {active = active, queued = queued + 1})
         end
         out[#out + 1] = {tid = tid, action = 'requeued'}
@@ -42,7 +42,7 @@ for _, tid in ipairs(due) do
         end
         finalize(tid, t, 'failed', msg)
         if t.cb ~= '' then
-          outbox_add(tid, t, 'failed', t.sid .. '_' .. t.lane .. '_failed_' .. grants,
+          outbox_add(tid, t, 'failed', notif_id(t, 'failed_' .. grants),
             {error = msg, active = active, queued = queued})
         end
         out[#out + 1] = {tid = tid, action = 'failed'}

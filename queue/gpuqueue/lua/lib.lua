@@ -66,11 +66,16 @@ end
 
 -- The callback outbox. A notification id is created once (re-creating it is a no-op), and the newest id per
 -- task supersedes older undelivered ones, so a stale `queued` can never arrive after `ready`.
+-- Ids name the task's incarnation (`seq`, new at every enqueue): a session's tasks share one task id, and a
+-- receiver that deduplicates by id must never mistake its second job's `ready` for its first job's.
+local function notif_id(t, what)
+  return t.sid .. '_' .. t.lane .. '_' .. (t.seq or '0') .. '_' .. what
+end
 local function outbox_add(tid, t, status, nid, extra)
   local nk = k_notif(nid)
   if redis.call('EXISTS', nk) == 1 then return nid end
   local args = {'HSET', nk, 'tid', tid, 'status', status, 'sid', t.sid, 'lane', t.lane, 'type', t.type or '',
-                'cb', t.cb, 'attempts', 0, 'created', NOW}
+                'cb', t.cb, 'job', t.job or '', 'attempts', 0, 'created', NOW}
   for k, v in pairs(extra or {}) do args[#args + 1] = k; args[#args + 1] = v end
   redis.call(unpack(args))
   redis.call('EXPIRE', nk, CFG.notif_ttl_s)
@@ -142,9 +147,10 @@ end
 
 local function grant(c, gpu)
   local tid, tk = c.tid, k_task(c.tid)
-  local f = redis.call('HMGET', tk, 'resident', 'mb', 'ttl_ms', 'key', 'wait_from', 'bypassed', 'cb', 'watched', 'type')
+  local f = redis.call('HMGET', tk, 'resident', 'mb', 'ttl_ms', 'key', 'wait_from', 'bypassed', 'cb', 'watched', 'type',
+                      'seq', 'job')
   local t = {resident = f[1], mb = f[2], ttl_ms = f[3], key = f[4], wait_from = f[5], bypassed = f[6], cb = f[7] or '',
-             watched = f[8], type = f[9], sid = c.sid, lane = c.lane}
+             watched = f[8], type = f[9], seq = f[10], job = f[11] or '', sid = c.sid, lane = c.lane}
   local q = k_q(c.lane, c.client)
   redis.call('LPOP', q)
   if redis.call('LLEN', q) == 0 then
@@ -175,7 +181,7 @@ local function grant(c, gpu)
   if t.watched == '1' then redis.call('PUBLISH', K_GRANTED, tid) end
   if t.cb ~= nil and t.cb ~= '' then
     local active, queued = lane_counts(c.lane)
-    outbox_add(tid, t, 'ready', t.sid .. '_' .. c.lane .. '_ready_' .. grants,
+    outbox_add(tid, t, 'ready', notif_id(t, 'ready_' .. grants),
       {fence = fence, expires_at = expires, gpu = gpu.id, active = active, queued = queued, position = 0})
   end
   return {tid = tid, gpu = gpu.id, fence = fence, notify = (t.cb ~= nil and t.cb ~= '')}

@@ -6,6 +6,6 @@ if not t or t.state ~= 'queued' or t.cb == nil or t.cb == '' then return 0 end
 if redis.call('HGET', K_POSITIONS, OP.tid) == tostring(OP.pos) then return 0 end
 redis.call('HSET', K_POSITIONS, OP.tid, OP.pos)
 local n = redis.call('HINCRBY', k_task(OP.tid), 'qn', 1)
-outbox_add(OP.tid, t, 'queued', t.sid .. '_' .. t.lane .. '_queued_' .. num(t.grants, 0) .. '_' .. n,
+outbox_add(OP.tid, t, 'queued', notif_id(t, 'queued_' .. num(t.grants, 0) .. '_' .. n),
   {position = OP.pos, est = OP.est, active = OP.active, queued = OP.queued})
 return 1
