@@ -169,8 +169,8 @@ class Operations:
         except GaryError as exc:
             await self.jobs.update(job, state="failed", error=exc.message, error_code=str(exc.code))
             await self.status.set_status(session_id, "failed", error=exc.message, job_id=job.job_id)
-            status = exc.http_status if exc.code == ErrorCode.QUEUE_FULL else 500
-            raise GaryError(exc.code, f"Failed to queue task: {exc.message}", http_status=status,
+            # the queue's own status: its code and status agree (429 full, 503 down, 4xx impossible request)
+            raise GaryError(exc.code, f"Failed to queue task: {exc.message}", http_status=exc.http_status,
                             details=exc.details) from exc
         return Accepted(session_id, job)
 

@@ -1,7 +1,8 @@
 """gary4juce's HTTP API (`/api/juce/*`): the same operations as the Socket.IO events, answered as JSON.
 
 Errors are `{success: false, error, code}` with the original's status codes (400 validation / in progress, 404
-unknown session, 500 queue failure). The plugin's `seed` is used and echoed (`seed`, then `generation_seed` in polls).
+unknown session); a queue refusal keeps the queue's own status and code (429 full, 503 unavailable, 422 no GPU can
+hold the job). The plugin's `seed` is used and echoed (`seed`, then `generation_seed` in polls).
 """
 
 from __future__ import annotations

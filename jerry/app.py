@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None, *, demo: bool | None = None) ->
         version="2.0.0",
         lifespan=lifespan,
     )
-    install_error_handlers(app, error_body)
+    install_error_handlers(app, error_body, max_json_bytes=settings.max_audio_bytes * 4 // 3 + FORM_OVERHEAD)
     app.add_middleware(UploadCap, max_bytes=settings.max_audio_bytes + FORM_OVERHEAD)
     app.include_router(open_router)
     app.include_router(router)

@@ -19,7 +19,7 @@ SamplerType = Literal["pingpong", "euler"]
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, allow_inf_nan=False)
 
     prompt: str | None = Field(None, max_length=PROMPT_MAX_CHARS, description="Text prompt (required)")
     negative_prompt: str | None = Field(
@@ -41,6 +41,8 @@ class _Base(BaseModel):
 
 
 class _ModelChoice(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     model_type: ModelType = Field("standard", description="`standard` SAO-small or a `finetune` from an allowed repo")
     finetune_repo: str | None = Field(None, description="Hub repo of the fine-tune (owner/name, must be allowed)")
     finetune_checkpoint: str | None = Field(None, description="Checkpoint file in that repo")

@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, loader: Callable[[], Engine] | None = None
             await svc.close()
 
     app = FastAPI(title="terry", description="MelodyFlow audio transforms", version="0.1.0", lifespan=lifespan)
-    install_error_handlers(app, error_body)
+    install_error_handlers(app, error_body, max_json_bytes=settings.max_audio_bytes * 4 // 3 + 1024 * 1024)
     app.include_router(router)
     return app
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -22,6 +24,8 @@ from garycommon.settings import Settings
 
 MIN_SECONDS = 1.0
 LEGACY_RATE = 32000  # the rate the original resampled to before its 48 kHz codec
+READ_TIMEOUT_S = 10.0  # a transfer file is local and at most max_audio_bytes: slower than this means something is wrong
+READ_CHUNK = 1024 * 1024
 
 
 def read_transfer_file(raw_path: str, transfer_dir: Path, max_bytes: int) -> bytes:
@@ -44,19 +48,41 @@ def read_transfer_file(raw_path: str, transfer_dir: Path, max_bytes: int) -> byt
         raise GaryError(ErrorCode.BAD_REQUEST, f"audio_file_path cannot be resolved: {raw_path}") from exc
     if not _inside(resolved, root):
         raise _outside(raw_path, root)
+    # Opening a FIFO for reading blocks until a writer comes (a request once hung past 15 s), and a device can
+    # stream forever: refuse anything but a regular file before opening it, open non-blocking in case it is swapped
+    # in between, and check again on the open descriptor.
+    _check_regular(os.stat(resolved, follow_symlinks=False), raw_path, max_bytes)
     try:
-        fd = os.open(resolved, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
         raise GaryError(ErrorCode.BAD_REQUEST, f"audio_file_path cannot be opened: {raw_path}") from exc
-    info = os.fstat(fd)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        _check_regular(info, raw_path, max_bytes)
+        return _read_bounded(fh, info.st_size, raw_path)
+
+
+def _check_regular(info: os.stat_result, raw_path: str, max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
         raise GaryError(ErrorCode.BAD_REQUEST, f"audio_file_path is not a regular file: {raw_path}")
     if info.st_size > max_bytes:
-        os.close(fd)
         raise AudioError(ErrorCode.DATA_TOO_LARGE, f"audio file is larger than {max_bytes // (1024 * 1024)} MiB")
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read()
+
+
+def _read_bounded(fh: BinaryIO, size: int, raw_path: str) -> bytes:
+    """At most `size` bytes (the size checked above, even if the file grows meanwhile), within READ_TIMEOUT_S."""
+    deadline = time.monotonic() + READ_TIMEOUT_S
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = fh.read(min(left, READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+        if time.monotonic() > deadline:
+            raise GaryError(ErrorCode.TIMEOUT, f"reading audio_file_path took over {READ_TIMEOUT_S:g} s: {raw_path}")
+    return b"".join(chunks)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -25,7 +25,7 @@ Solver = Literal["euler", "midpoint"]
 class TransformRequest(BaseModel):
     """Body of `POST /transform`. Unknown keys are ignored so newer clients keep working."""
 
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True, allow_inf_nan=False)
 
     session_id: str | None = Field(
         None, description="Room/keys progress goes to; gary always sends it. Omitted (curl) -> a fresh id, returned."

@@ -12,9 +12,9 @@ import gc
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from redis.exceptions import RedisError
 from starlette.types import Message, Receive, Scope, Send
@@ -32,7 +32,7 @@ from garycommon.httpapp import (
 from garycommon.settings import Settings, get_settings
 
 from .gateway import Gateway
-from .models import EnqueueRequest, GpuRequest, HeartbeatRequest, LeaseRequest, ReleaseRequest, StatusRequest
+from .models import EnqueueRequest, GpuId, GpuRequest, HeartbeatRequest, LeaseRequest, ReleaseRequest, StatusRequest
 
 log = logging.getLogger(__name__)
 GENERATION = "generation"
@@ -191,7 +191,8 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         return JSONResponse(await gateway.register_gpu(body.gpu_id, body.capacity_mb))
 
     @app.delete("/gpus/{gpu_id:path}")
-    async def drain_gpu(gpu_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def drain_gpu(gpu_id: Annotated[GpuId, Path()],
+                        _: str | None = Depends(api_key)) -> JSONResponse:
         return JSONResponse(await gateway.register_gpu(gpu_id, 0))
 
     # --- lease API (our own workers) -----------------------------------------------------------------------------

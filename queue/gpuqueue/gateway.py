@@ -176,8 +176,12 @@ class Gateway:
                                 "(set QUEUE_GPUS or GPU_VRAM_MB, or let a worker POST /gpus)", details={"retry_after": 5})
             raise GaryError(ErrorCode.BAD_REQUEST, f"no registered GPU matches {gpus}; known: {sorted(caps)}")
         if mb > max(usable):
-            raise GaryError(ErrorCode.BAD_REQUEST, f"task needs {mb} MB of VRAM but the largest GPU it may use has "
-                            f"{max(usable)} MB", http_status=422)
+            message = f"task needs {mb} MB of VRAM but the largest GPU it may use has {max(usable)} MB"
+            if explicit is not None:  # the caller asked for more than any card has: its request can never run
+                raise GaryError(ErrorCode.UNSATISFIABLE, message)
+            # the model's own size: capacity is missing (a bigger card may register), not a bad request
+            raise GaryError(ErrorCode.SERVICE_UNAVAILABLE, f"{message}; register a bigger GPU (POST /gpus)",
+                            details={"retry_after": 30})
         return mb
 
     # --- operations ----------------------------------------------------------------------------------------------

@@ -18,7 +18,18 @@ ClientKey = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,
 ModelName = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_./:@+-]{1,200}$")]
 Owner = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.:@/-]{1,128}$")]
 JobId = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
-GpuId = Annotated[StrictStr, StringConstraints(pattern=r"^[A-Za-z0-9_.:/@-]{1,64}$")]
+# A GPU id may name its host ("box/0") but is never path-like: no leading '/', no '..' or '//' (ids end up in
+# URLs, metric labels and log lines).
+GPU_ID_PATTERN = r"^[A-Za-z0-9_.:@-][A-Za-z0-9_.:/@-]{0,63}$"
+
+
+def check_gpu_id(value: str) -> str:
+    if ".." in value or "//" in value:
+        raise ValueError("must not contain '..' or '//'")
+    return value
+
+
+GpuId = Annotated[StrictStr, StringConstraints(pattern=GPU_ID_PATTERN), AfterValidator(check_gpu_id)]
 LaneName = Annotated[StrictStr, StringConstraints(pattern=r"^[a-z0-9_-]{1,32}$")]
 VramMb = Annotated[StrictInt, Field(gt=0, le=MAX_VRAM_MB)]
 ErrorText = Annotated[StrictStr, StringConstraints(max_length=2000)]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hostile import hostile_wav
 
 from garycommon import audio
 from garycommon.errors import AudioError, ErrorCode
@@ -149,3 +152,53 @@ def test_nan_samples_are_sanitised() -> None:
     sf.write(buf, data, 8000, format="WAV", subtype="FLOAT")
     out = audio.decode_audio(buf.getvalue()).waveform
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("rate", [2147483647, 3999, 384001, 1])
+def test_absurd_declared_rates_are_refused_before_anything_is_sized(rate: int) -> None:
+    with pytest.raises(AudioError) as caught:
+        audio.decode_audio_bytes(hostile_wav(rate))
+    assert caught.value.http_status == 400 and f"{rate} Hz is outside" in caught.value.message
+
+
+@pytest.mark.parametrize("rate", [4000, 8000, 11025, 384000])
+def test_edge_rates_still_decode(rate: int) -> None:
+    assert audio.decode_audio_bytes(hostile_wav(rate, frames=rate // 10)).sample_rate == rate
+
+
+ODD_RATES = [(3001, 32000), (48000, 8002), (44100, 48001), (4001, 384000), (384000, 4001), (22050, 32000)]
+
+
+@pytest.mark.parametrize(("src", "dst"), ODD_RATES)
+def test_odd_ratios_resample_with_a_small_kernel_and_the_exact_length(src: int, dst: int) -> None:
+    down, up = audio.resample_ratio(src, dst)
+    assert audio._kernel_floats(down, up) <= audio.RESAMPLE_KERNEL_BUDGET
+    assert abs((up / down) / (dst / src) - 1) < 1e-6  # a pitch error far below a cent
+    wav = torch.randn(2, src // 5)
+    out = audio.resample(wav, src, dst)
+    assert out.shape == (2, -(-wav.shape[-1] * dst // src))
+
+
+def test_odd_ratio_keeps_a_tone_where_it_was() -> None:
+    src, dst = 3001, 32000
+    t = torch.arange(src) / src
+    out = audio.resample(torch.sin(2 * torch.pi * 440 * t)[None], src, dst)
+    ref = torch.sin(2 * torch.pi * 440 * torch.arange(out.shape[-1]) / dst)
+    assert (out[0, 2000:-2000] - ref[2000:-2000]).abs().max() < 0.01
+
+
+def test_odd_ratio_resampling_fits_in_a_small_address_space() -> None:
+    """1 s at 3001 Hz -> 32000 Hz once cost +1.5 GB (a 96 M-float kernel): run it in a child whose address space is
+    capped 400 MB above what importing torch took, so the old kernel cannot even be allocated."""
+    code = (
+        "import resource, torch\n"
+        "from garycommon.audio import resample\n"
+        "vm = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (vm + 400 * 2**20, resource.RLIM_INFINITY))\n"
+        "out = resample(torch.randn(2, 3001), 3001, 32000)\n"
+        "out = resample(torch.randn(2, 48000), 48000, 8002)\n"
+        "print(tuple(out.shape))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(2, 8002)"

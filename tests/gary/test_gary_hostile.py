@@ -1,0 +1,111 @@
+"""Hostile input at gary (issue 14): the rate header that OOM-killed the stack (HTTP and Socket.IO), over-deep JSON
+on every JSON route (`/task_notification` included), non-finite numbers, and a bang the gateway can never place.
+Each is a clear 4xx / `error` event (or a 4xx whose code agrees when no GPU can hold the job), and nothing is stored."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Gary
+from gary_helpers import MODEL, recorder, wav_b64
+from hostile import DEEP_JSON, deep_object, hostile_wav
+from servers import ThreadedServer
+from test_gary_bad_input import Footprint, expect_error
+
+from garycommon.settings import Settings
+
+EVIL = base64.b64encode(hostile_wav()).decode()
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def gary(make_gary: Any) -> Gary:
+    return make_gary()
+
+
+@pytest.fixture
+def footprint(gary: Gary) -> Iterator[Footprint]:
+    fp = Footprint(gary)
+    before = fp.snapshot()
+    yield fp
+    assert fp.snapshot() == before, "bad input must leave nothing behind"
+
+
+def test_absurd_rate_header_is_a_400(gary: Gary, footprint: Footprint) -> None:
+    with httpx.Client(base_url=gary.url, timeout=30) as http:
+        r = http.post("/api/juce/process_audio", json={"audio_data": EVIL, "model_name": MODEL, "prompt_duration": 1})
+        assert r.status_code == 400 and "2147483647 Hz is outside" in r.json()["error"], r.text
+        r = http.post("/api/juce/update_cropped_audio", json={"audio_data": EVIL})
+        assert r.status_code == 400 and "2147483647 Hz is outside" in r.json()["error"], r.text
+
+
+async def test_absurd_rate_header_over_socketio_is_an_error_event(gary: Gary, footprint: Footprint) -> None:
+    rec = await recorder(gary.url)
+    try:
+        for event, payload in [("process_audio_request", {"audio_data": EVIL, "model_name": MODEL, "prompt_duration": 1}),
+                               ("update_cropped_audio", {"audio_data": EVIL})]:
+            err = await expect_error(rec, event, payload, "2147483647 Hz is outside")
+            assert err["code"] == "AUDIO_UNDECODABLE"
+        assert rec.client.connected
+    finally:
+        await rec.close()
+
+
+@pytest.mark.parametrize("path", ["/api/juce/process_audio", "/api/juce/continue_music", "/task_notification"])
+def test_deep_json_is_a_400(gary: Gary, footprint: Footprint, path: str) -> None:
+    with httpx.Client(base_url=gary.url, timeout=30) as http:
+        for body in (DEEP_JSON, deep_object("audio_data", model_name=MODEL, prompt_duration=1)):
+            r = http.post(path, content=body, headers=JSON)
+            assert r.status_code == 400 and "nested deeper than" in r.json()["error"], r.text
+        raw = b'{"session_id": "s1", "status": "ready", "data": {"x": NaN}}'
+        r = http.post(path, content=raw, headers=JSON)
+        assert r.status_code == 400 and "finite" in r.json()["error"], r.text
+
+
+def test_non_finite_numbers_are_a_400(gary: Gary, footprint: Footprint) -> None:
+    audio = wav_b64(1.0)
+    with httpx.Client(base_url=gary.url, timeout=30) as http:
+        for field in ("temperature", "cfg_coef", "prompt_duration", "top_k"):
+            raw = f'{{"audio_data": "{audio}", "model_name": "{MODEL}", "prompt_duration": 1, "{field}": NaN}}'
+            r = http.post("/api/juce/process_audio", content=raw.encode(), headers=JSON)
+            assert r.status_code == 400 and "finite" in r.json()["error"], (field, r.text)
+
+
+async def test_non_finite_numbers_over_socketio_are_an_error_event(gary: Gary, footprint: Footprint) -> None:
+    rec = await recorder(gary.url)
+    try:
+        for field in ("temperature", "cfg_coef", "prompt_duration"):
+            payload = {"audio_data": wav_b64(1.0), "model_name": MODEL, "prompt_duration": 1, field: float("nan")}
+            err = await expect_error(rec, "process_audio_request", payload, field)
+            assert err["code"] == "VALIDATION_ERROR", err
+    finally:
+        await rec.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_gateway(redis_server: Any) -> Iterator[str]:
+    """A gateway that was told of a 1 MB GPU: no bang can ever fit until a bigger card registers."""
+    import redis
+
+    from gpuqueue.app import create_app
+
+    url = redis_server.url.rsplit("/", 1)[0] + "/7"
+    redis.Redis.from_url(url).flushdb()
+    server = ThreadedServer(create_app(Settings(redis_url=url, gary_url="", queue_gpus="gpu0=1", log_level="WARNING")))
+    yield server.start().url
+    server.stop()
+
+
+def test_a_bang_no_gpu_can_hold_is_a_4xx_whose_code_agrees(make_gary: Any, tiny_gateway: str) -> None:
+    """gary sizes its bangs itself (vram_mb), so the gateway answers 422 UNSATISFIABLE; gary passes that on
+    (it answered 500 with code BAD_REQUEST)."""
+    g = make_gary(queue_url=tiny_gateway)
+    with httpx.Client(base_url=g.url, timeout=30) as http:
+        r = http.post("/api/juce/process_audio", json={"audio_data": wav_b64(1.0), "model_name": MODEL,
+                                                        "prompt_duration": 1})
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "UNSATISFIABLE" and "largest GPU it may use has 1 MB" in r.json()["error"]
