@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from garycommon.docs_assets import install_offline_docs
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import install_error_handlers
 from garycommon.settings import Settings, get_settings
@@ -177,4 +178,5 @@ def create_app(settings: Settings | None = None, *, demo: bool | None = None) ->
     app.add_middleware(UploadCap, max_bytes=settings.max_audio_bytes + FORM_OVERHEAD)
     app.include_router(open_router)
     app.include_router(router)
+    install_offline_docs(app)
     return app

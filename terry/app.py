@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from garycommon.docs_assets import install_offline_docs
 from garycommon.errors import GaryError
 from garycommon.httpapp import install_error_handlers
 from garycommon.settings import Settings
@@ -53,6 +54,7 @@ def create_app(settings: Settings, *, loader: Callable[[], Engine] | None = None
     app = FastAPI(title="terry", description="MelodyFlow audio transforms", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app, error_body, max_json_bytes=settings.max_audio_bytes * 4 // 3 + 1024 * 1024)
     app.include_router(router)
+    install_offline_docs(app)
     return app
 
 

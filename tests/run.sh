@@ -14,6 +14,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
 fi
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing chromium (apt; the web console tests drive it with Playwright)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
 
 echo "== python environment (.venv)"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -20,6 +20,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from garycommon.settings import Settings
 
+from ..routes_misc import health as gary_health
+
 STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
@@ -102,14 +104,14 @@ async def health(service: str, request: Request) -> JSONResponse:
     if service not in SERVICES:
         return JSONResponse({"success": False, "error": f"unknown service {service!r}", "code": "NOT_FOUND"},
                             status_code=404)
-    settings = _settings(request)
     if service == "gary":
-        base = str(request.base_url).rstrip("/")
-    else:
-        base = _service_url(settings, service)
-        if base is None:
-            return JSONResponse({"service": service, "reachable": False, "configured": False, "status_code": None,
-                                 "body": None, "error": "not configured (solo mode)"})
+        own = await gary_health(request)
+        return JSONResponse({"service": "gary", "reachable": True, "configured": True,
+                             "status_code": own.status_code, "body": json.loads(bytes(own.body))})
+    base = _service_url(_settings(request), service)
+    if base is None:
+        return JSONResponse({"service": service, "reachable": False, "configured": False, "status_code": None,
+                             "body": None, "error": "not configured"})
     try:
         async with httpx.AsyncClient(timeout=HEALTH_TIMEOUT) as http:
             resp = await http.get(f"{base}/health")

@@ -155,7 +155,8 @@ async def test_juce_flow(gary: Gary) -> None:
 async def test_models_health_banner(gary: Gary) -> None:
     async with httpx.AsyncClient(base_url=gary.url, timeout=10) as http:
         r = await http.get("/")
-        assert r.status_code == 200 and r.text == "The WebSocket server is running."
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")  # the web console
+        assert "/console/console.js" in r.text
         health = (await http.get("/health")).json()
         assert health["status"] == "live" and health["redis"] == "live" and health["mongodb"] == "live"
         assert health["demo"] is True and health["queue"] == "solo"
