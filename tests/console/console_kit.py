@@ -85,8 +85,8 @@ def start_stack(workdir: Path, extra_env: dict[str, str] | None = None) -> Itera
 class ConsolePage:
     """One browser tab on the console, recording every console error, page error and failed request."""
 
-    def __init__(self, browser: object, url: str, *, console: bool = True) -> None:
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    def __init__(self, browser: object, url: str, *, console: bool = True, viewport: dict | None = None) -> None:
+        self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900}, accept_downloads=True)
         self.page = self.context.new_page()
         self.problems: list[str] = []
         self.page.on("console", lambda m: self.problems.append(f"console.{m.type}: {m.text}")

@@ -69,8 +69,8 @@ def test_musician_session_walk(console: ConsolePage, tmp_path: Path) -> None:
     # generate: a 1 s prompt continued to the configured output length
     page.fill("#prompt-duration", "1")
     page.click("#generate")
-    page.wait_for_function("(() => { const p = window.garyConsole.state.pending; return p && (p.maxProgress > 0 "
-                           "|| document.querySelector('#queue-line').textContent.length > 0); })()",
+    page.wait_for_function("(() => { const s = window.garyConsole.state; "
+                           "return (s.pending && s.pending.maxProgress > 0) || s.takes.length > 1; })()",
                            timeout=STEP_TIMEOUT_S * 1000)
     console.screenshot("generating")
     takes = console.wait_takes(2, STEP_TIMEOUT_S)
@@ -161,3 +161,43 @@ def test_killed_connection_mid_generation_still_gets_its_result(console: Console
     assert console.state("s.pending") is None
     assert console.state("s.takes.filter(t => t.kind === 'generate').length") == 1  # no duplicate on re-delivery
     assert_clean(console)
+
+
+def test_reload_mid_generation_resumes_the_session(console: ConsolePage, tmp_path: Path) -> None:
+    page = console.page
+    page.set_input_files("#file-input", str(wav_file(tmp_path / "riff.wav", seconds=2.0)))
+    console.wait_takes(1)
+    page.fill("#prompt-duration", "1")
+    page.click("#generate")
+    page.wait_for_function("window.garyConsole.state.pending && window.garyConsole.state.pending.acked",
+                           timeout=STEP_TIMEOUT_S * 1000)
+    session = console.state("s.sessionId")
+    page.reload()  # the takes are gone with the page; the session and its running job are not
+    page.wait_for_function("window.garyConsole && window.garyConsole.state.connected", timeout=30_000)
+    assert console.state("s.sessionId") == session
+    takes = console.wait_takes(1, STEP_TIMEOUT_S)
+    check_take(takes[0], "generate", min_s=OUTPUT_SECONDS - 0.2, max_s=OUTPUT_SECONDS + 0.2)
+    assert console.state("s.pending") is None and console.state("s.sessionId") == session
+    assert_clean(console)
+
+
+def test_phone_sized_screen_and_keyboard(browser: object, stack: Stack) -> None:
+    phone = ConsolePage(browser, stack.url + "/", viewport={"width": 390, "height": 844})
+    try:
+        page = phone.page
+        page.wait_for_function("document.querySelector('#svc-terry').dataset.state !== 'unknown'", timeout=20_000)
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+        for sel in ("#generate", "#transform", "#jerry-generate", "#api-key"):
+            box = page.locator(sel).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (sel, box)
+        # the file picker and the first controls are reachable with the keyboard, in reading order
+        page.keyboard.press("Tab")
+        first = page.evaluate("document.activeElement.id")
+        assert first == "api-key", first
+        page.locator("#file-input").focus()
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.id") == "record"
+        phone.screenshot("phone")
+        assert phone.problems == [] and phone.external == []
+    finally:
+        phone.close()

@@ -451,7 +451,7 @@ socket.on("progress_update", (d) => {
   state.pending.maxProgress = Math.max(state.pending.maxProgress, p);
   state.progressLog.push({ kind: state.pending.kind, progress: p });
   setProgress(p);
-  if (p > 0 && p < 100) say(`${state.pending.kind}: ${p}%`);
+  if (p > 0) say(p < 100 ? `${state.pending.kind}: ${p}%` : `${state.pending.kind}: 100%, receiving the audio…`);
 });
 
 for (const [event, kind] of Object.entries(RESULT_KIND)) {
