@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from garycommon.devices import pick_device
 from garycommon.errors import ErrorCode
 from garycommon.httpapp import WS_MAX_BYTES, BodyLimit, default_error_body, install_error_handlers
+from garycommon.metrics import install_metrics
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings, get_settings
 
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
         code = ErrorCode.NOT_FOUND if exc.status_code == 404 else ErrorCode.BAD_REQUEST
         return JSONResponse({"success": False, "error": str(exc.detail), "code": str(code)}, status_code=exc.status_code)
     api.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    install_metrics(api, "gary")  # GET /metrics (Prometheus text)
     api.include_router(routes_juce.router)
     api.include_router(routes_misc.router)
     api.include_router(console.router)  # the web console at `/`

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.metrics import GARY_GENERATION_SECONDS, GARY_JOBS, GARY_QUEUE_WAIT_SECONDS
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings
 
@@ -125,6 +126,7 @@ class JobRunner:
         heartbeat: asyncio.Task[None] | None = None
         self._running[job.job_id] = job
         try:
+            GARY_QUEUE_WAIT_SECONDS.observe(max(0.0, time.time() - job.created_at), type=job.type)
             await self.jobs.update(job, state="warming", heartbeat_at=time.time(), ran_on=PROCESS_ID)
             await self.status.set_status(sid, "warming", job_id=job.job_id)
             await self.status.set_queue_status(sid, self._warming_status(job))
@@ -132,7 +134,8 @@ class JobRunner:
             if job.lane == GENERATION_LANE:
                 await self.throttle.mark_active(sid)
             heartbeat = asyncio.create_task(self._heartbeat(job))
-            output = await (self._transform(job) if job.lane == TRANSFORM_LANE else self._generate(job))
+            with GARY_GENERATION_SECONDS.time(type=job.type):
+                output = await (self._transform(job) if job.lane == TRANSFORM_LANE else self._generate(job))
             await self._succeed(job, output)
         except asyncio.CancelledError:
             await self._fail(job, GaryError(ErrorCode.SERVICE_UNAVAILABLE, "gary is shutting down; please retry"))
@@ -211,6 +214,7 @@ class JobRunner:
     async def _succeed(self, job: Job, output: Output) -> None:
         sid = job.session_id
         audio_b64 = await asyncio.to_thread(lambda: base64.b64encode(output.wav).decode("ascii"))
+        GARY_JOBS.inc(type=job.type, outcome="completed")
         await self.jobs.update(job, state="completed", error=None, error_code=None, result=output.metadata,
                                seed=output.seed if output.seed is not None else job.seed)
         await self.status.set_status(sid, "completed", job_id=job.job_id)
@@ -236,6 +240,7 @@ class JobRunner:
     async def _fail(self, job: Job, err: GaryError) -> None:
         sid = job.session_id
         log.warning("job %s (%s, session %s) failed: %s", job.job_id, job.type, sid, err.message)
+        GARY_JOBS.inc(type=job.type, outcome="failed")
         try:
             await self.jobs.update(job, state="failed", error=err.message, error_code=str(err.code))
             await self.status.set_status(sid, "failed", error=err.message, job_id=job.job_id)

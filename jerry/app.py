@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from garycommon.docs_assets import install_offline_docs
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import install_error_handlers
+from garycommon.metrics import install_metrics
 from garycommon.settings import Settings, get_settings
 
 from .batcher import Batcher
@@ -179,4 +180,5 @@ def create_app(settings: Settings | None = None, *, demo: bool | None = None) ->
     app.include_router(open_router)
     app.include_router(router)
     install_offline_docs(app)
+    install_metrics(app, "jerry")  # GET /metrics (Prometheus text)
     return app

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from garycommon.errors import GaryError
+from garycommon.metrics import JERRY_BATCH_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ class Batcher:
                     chunk = group[start : start + self.max_batch]
                     self.batches_run += 1
                     self.largest_batch = max(self.largest_batch, len(chunk))
+                    JERRY_BATCH_SIZE.observe(len(chunk))
                     self._generate(chunk)
             if stop:
                 return

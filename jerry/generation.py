@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.metrics import JERRY_GENERATION_SECONDS
 from garycommon.settings import Settings
 
 from . import bpm as bpm_math
@@ -70,6 +71,7 @@ class Generator:
         started = time.perf_counter()
         result = await self.batcher.submit(entry.engine, SAORequest(**fields))
         took = time.perf_counter() - started
+        JERRY_GENERATION_SECONDS.observe(took)
         log.info("%s: %d %s steps, cfg %g, seed %d, %.2f s of audio in %.3f s", entry.key, fields["steps"],
                  fields["sampler_type"], fields["cfg_scale"], result.seed, fields["seconds_total"], took)
         return result.audio, took

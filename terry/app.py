@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from garycommon.docs_assets import install_offline_docs
 from garycommon.errors import GaryError
 from garycommon.httpapp import install_error_handlers
+from garycommon.metrics import install_metrics
 from garycommon.settings import Settings
 
 from .model_host import Engine
@@ -55,6 +56,7 @@ def create_app(settings: Settings, *, loader: Callable[[], Engine] | None = None
     install_error_handlers(app, error_body, max_json_bytes=settings.max_audio_bytes * 4 // 3 + 1024 * 1024)
     app.include_router(router)
     install_offline_docs(app)
+    install_metrics(app, "terry")  # GET /metrics (Prometheus text)
     return app
 
 

@@ -23,6 +23,7 @@ import torch
 
 from garycommon.audio import resample
 from garycommon.errors import GaryError
+from garycommon.metrics import TERRY_TRANSFORM_SECONDS
 from garycommon.settings import Settings
 
 from .model_host import ModelHost, is_oom, oom_error
@@ -193,6 +194,7 @@ class TransformRunner:
         finally:
             self.host.release()
         elapsed = time.monotonic() - started
+        TERRY_TRANSFORM_SECONDS.observe(elapsed)
         self._learn(job, elapsed)
         log.info(
             "transform %s: %.1f s of audio, %s/%d steps, flowstep %.3f, seed %d, %.2f s (%s lease)",

@@ -78,8 +78,10 @@ def test_locks_pin_every_package_and_the_queue_lock_is_the_runtime_lock_without_
     assert "torch" not in queue and "transformers" not in queue
     drift = {k: (v, runtime.get(k)) for k, v in queue.items() if runtime.get(k) != v}
     assert not drift, f"queue.lock.txt and runtime.lock.txt disagree (recompile, requirements/README.md): {drift}"
-    # the CI venv (tests/run.sh) installs the runtime lock itself
-    assert "requirements/runtime.lock.txt" in (ROOT / "tests" / "run.sh").read_text()
+    # the CI venv (tests/run.sh) and the README's run command install the runtime lock itself
+    assert re.search(r"^\"\$V/pip\" install .*-r requirements/runtime\.lock\.txt$", (ROOT / "tests" / "run.sh").read_text(), re.M)
+    setup = (ROOT / "README.md").read_text().split("## Set-up on a fresh Linux machine", 1)[1].split("```bash", 1)[1]
+    assert "pip install -r requirements/runtime.lock.txt" in setup.split("```", 1)[0]
 
 
 def test_compose_builds_the_dockerfile_targets() -> None:
@@ -223,3 +225,38 @@ def test_each_service_starts_from_its_image_recipe(live_images: dict[str, int]) 
         r = http.post(f"http://127.0.0.1:{live_images['jerry']}/generate",
                       json={"prompt": "lofi drums 90bpm", "steps": 4, "return_format": "base64", "seed": 3})
         assert r.status_code == 200 and r.json()["success"] is True, r.text
+
+
+def _families(text: str) -> set[str]:
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def test_every_metric_the_dashboard_charts_is_served(live_images: dict[str, int]) -> None:
+    """Each metric named in the Grafana dashboard is a family some live service's /metrics declares."""
+    dashboard = (ROOT / "monitoring" / "grafana" / "dashboards" / "gary.json").read_text()
+    named = set(re.findall(r"\b((?:gary|jerry|terry|gq)_[a-z_]+)", dashboard))
+    wanted = {re.sub(r"_(bucket|sum|count)$", "", n) for n in named}
+    served: dict[str, set[str]] = {}
+    with httpx.Client(timeout=30) as http:
+        for name, port in live_images.items():
+            r = http.get(f"http://127.0.0.1:{port}/metrics")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain"), (name, r.text[:200])
+            served[name] = _families(r.text)
+    every = set().union(*served.values())
+    assert wanted and not wanted - every, f"charted but served by no service: {sorted(wanted - every)}"
+    assert {"gary_jobs_total", "gary_generation_seconds", "gary_queue_wait_seconds"} <= served["gary"]
+    assert {"jerry_generation_seconds", "jerry_batch_size"} <= served["jerry"]
+    assert {"terry_transform_seconds"} <= served["terry"]
+    # prometheus.yml scrapes each service on its compose port
+    scrape = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())["scrape_configs"]
+    _, stages = df.parse()
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in scrape}
+    assert targets == {name: f"{name}:{_image_port(stages, name)}" for name in ("gary", "jerry", "terry", "queue")}
+
+
+def test_jerry_metrics_count_real_requests(live_images: dict[str, int]) -> None:
+    """The generation in test_each_service_starts_from_its_image_recipe (same module, before this) shows up."""
+    text = httpx.get(f"http://127.0.0.1:{live_images['jerry']}/metrics", timeout=30).text
+    counts = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith(("jerry_batch_size_count",
+                                                                                         "jerry_generation_seconds_count")))
+    assert float(counts["jerry_batch_size_count"]) >= 1 and float(counts["jerry_generation_seconds_count"]) >= 1, text
