@@ -12,9 +12,11 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import ErrorCode, GaryError
+from .redisconn import client_error
 
 ErrorBody = Callable[[GaryError], dict[str, Any]]
 
@@ -130,6 +132,13 @@ def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body, *
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         err = GaryError(ErrorCode.VALIDATION_ERROR, validation_message(exc), http_status=400)
         return JSONResponse(body(err), status_code=400)
+
+    @app.exception_handler(RedisError)
+    async def _redis(_: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis %s: %s", type(exc).__name__, exc)
+        err = client_error(exc)
+        return JSONResponse(body(err), status_code=err.http_status,
+                            headers={"Retry-After": str(err.details["retry_after"])})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

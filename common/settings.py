@@ -25,6 +25,12 @@ class Settings(BaseSettings):
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for queue, flags, progress and Socket.IO fan-out")
     mongodb_url: str = Field("mongodb://127.0.0.1:27017/", description="MongoDB for sessions when SESSION_STORE=mongo")
+    redis_max_connections: int = Field(
+        512, ge=2, description="Redis connections per pool; past this a request waits for one (REDIS_POOL_TIMEOUT_SECONDS)"
+    )
+    redis_pool_timeout_seconds: float = Field(
+        10.0, gt=0, description="How long a request waits for a free Redis connection before a 429 'server busy, retry'"
+    )
     mongodb_db: str = Field("audio_generation_db", description="Mongo database name (the original's)")
     session_store: Literal["mongo", "sqlite"] = Field("sqlite", description="Session backend: mongo+GridFS or embedded")
     session_ttl_seconds: int = Field(

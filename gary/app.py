@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis.asyncio as aioredis
 import socketio
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,12 +23,14 @@ from garycommon.errors import ErrorCode
 from garycommon.httpapp import WS_MAX_BYTES, BodyLimit, default_error_body, install_error_handlers
 from garycommon.metrics import install_metrics
 from garycommon.progress import StatusStore
+from garycommon.redisconn import connect as connect_redis
 from garycommon.settings import Settings, get_settings
 
 from . import console, events, routes_juce, routes_misc
 from .catalog import all_model_names
 from .context import GaryContext
 from .dispatch import Dispatcher, GatewayDispatcher, SoloDispatcher
+from .fanout import PooledRedisManager
 from .jobs import JobStore
 from .notifications import Notifier
 from .operations import Operations
@@ -57,10 +58,10 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
     settings = settings or get_settings()
     if settings.demo_models and settings.local_models_dir is None:
         settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "demo-models"})
-    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    redis = connect_redis(settings, decode_responses=True)  # sized, waits for a free connection (issue 14)
     sio = socketio.AsyncServer(
         async_mode="asgi",
-        client_manager=socketio.AsyncRedisManager(settings.redis_url, channel=settings.socketio_channel),
+        client_manager=PooledRedisManager(settings, channel=settings.socketio_channel),
         cors_allowed_origins="*",
         ping_interval=120,
         ping_timeout=240,

@@ -8,6 +8,7 @@ finished while the client was away.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from collections.abc import Awaitable, Callable
@@ -15,8 +16,10 @@ from functools import wraps
 from typing import Any
 
 import socketio
+from redis.exceptions import RedisError
 
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.redisconn import client_error
 
 from .context import GaryContext
 from .notifications import error_payload
@@ -62,6 +65,9 @@ def register(sio: socketio.AsyncServer, ctx: GaryContext) -> None:
                     await fn(sid, data)
                 except GaryError as err:
                     await sio.emit("error", error_payload(err, _requested_session(data)), to=sid)
+                except RedisError as exc:  # busy pool -> QUEUE_FULL, Redis down -> 503 "retrying"; never INTERNAL
+                    log.warning("%s: redis %s: %s", event, type(exc).__name__, exc)
+                    await sio.emit("error", error_payload(client_error(exc), _requested_session(data)), to=sid)
                 except Exception as exc:
                     log.exception("%s failed", event)
                     err = GaryError(ErrorCode.INTERNAL, f"internal error handling {event}: {type(exc).__name__}")
@@ -145,16 +151,25 @@ def register(sio: socketio.AsyncServer, ctx: GaryContext) -> None:
         await sio.enter_room(sid, session_id)
         await sio.emit("ready_for_chunks", {"session_id": session_id, "chunk_size": RESTORE_CHUNK_SIZE}, to=sid)
 
+    # python-socketio runs each event in its own task: without this, a client that streams its chunks without
+    # waiting for acks could have its last chunk checked before the ones sent just before it are stored.
+    chunk_order: dict[str, asyncio.Lock] = {}
+
     @on("audio_chunk")
     async def audio_chunk(sid: str, data: Any) -> None:
-        req = validate(ChunkRequest, data)
-        ack, complete, missing = await ops.chunk(req)
-        await sio.emit("chunk_received", ack, to=sid)
-        if missing:
-            await sio.emit("chunks_missing", {"session_id": req.session_id, "missing_chunks": missing}, to=sid)
-        elif complete is not None:
-            await sio.enter_room(sid, req.session_id)
-            await to_session("restore_complete", complete, req.session_id, sid)
+        async with chunk_order.setdefault(sid, asyncio.Lock()):  # taken before any await: arrival order
+            req = validate(ChunkRequest, data)
+            ack, complete, missing = await ops.chunk(req)
+            await sio.emit("chunk_received", ack, to=sid)
+            if missing:
+                await sio.emit("chunks_missing", {"session_id": req.session_id, "missing_chunks": missing}, to=sid)
+            elif complete is not None:
+                await sio.enter_room(sid, req.session_id)
+                await to_session("restore_complete", complete, req.session_id, sid)
+
+    @sio.event
+    async def disconnect(sid: str, *_: Any) -> None:
+        chunk_order.pop(sid, None)
 
     @on("cleanup_session_request")
     async def cleanup_session_request(sid: str, data: Any) -> None:

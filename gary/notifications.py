@@ -96,4 +96,6 @@ def error_payload(err: GaryError | str, session_id: str | None) -> dict[str, Any
         "message": str(err)}
     if session_id:
         payload["session_id"] = session_id
+    if isinstance(err, GaryError) and "retry_after" in err.details:
+        payload["retry_after"] = err.details["retry_after"]  # queue full / briefly unavailable: when to try again
     return payload

@@ -29,6 +29,7 @@ from garycommon.httpapp import (
     json_problem,
     replaying,
 )
+from garycommon.redisconn import client_error, pool_exhausted
 from garycommon.settings import Settings, get_settings
 
 from .gateway import Gateway
@@ -161,6 +162,10 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
 
     @app.exception_handler(RedisError)
     async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
+        if pool_exhausted(exc):  # every connection busy past REDIS_POOL_TIMEOUT_SECONDS: full, not down
+            busy = client_error(exc)
+            return JSONResponse(default_error_body(busy), status_code=429,
+                                headers={"Retry-After": str(busy.details["retry_after"])})
         err = GaryError(ErrorCode.SERVICE_UNAVAILABLE, f"queue storage (redis) unavailable: {type(exc).__name__}")
         return JSONResponse(default_error_body(err), status_code=503, headers={"Retry-After": "1"})
 

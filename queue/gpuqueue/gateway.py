@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from garycommon import rediskeys
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.redisconn import connect
 from garycommon.settings import Settings
 
 from . import metrics
@@ -48,10 +49,11 @@ STOP_TIMEOUT_S = 2.0
 GARY_LANES = ("generation", "transform")
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """A pooled client that rides out a Redis restart (retries with backoff instead of failing the first call)."""
-    return aioredis.Redis.from_url(
-        url, decode_responses=True, health_check_interval=10, socket_connect_timeout=2, socket_timeout=10,
+def connect_redis(settings: Settings) -> aioredis.Redis:
+    """A pooled client that rides out a Redis restart (retries with backoff instead of failing the first call) and,
+    when every connection is busy, waits for one instead of failing (REDIS_MAX_CONNECTIONS)."""
+    return connect(
+        settings, decode_responses=True, health_check_interval=10, socket_connect_timeout=2, socket_timeout=10,
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 6),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
@@ -62,7 +64,7 @@ class Gateway:
         self.settings = settings
         self.config = SchedulerConfig.from_settings(settings)
         self.lanes = list(settings.queue_lanes)
-        self.redis = redis or connect_redis(settings.redis_url)
+        self.redis = redis or connect_redis(settings)
         self.scheduler = Scheduler(self.redis, self.config)
         self.estimator = Estimator(self.redis, settings.queue_default_duration_seconds)
         self.notifier = Notifier(self.redis, self.scheduler, self.estimator, settings)
