@@ -4,7 +4,8 @@ The files are the ones the engines themselves ask for (same names, same optional
 `garycommon.hub.fetch_file`, the loaders' own code path: a pulled model starts without a download, and a gated or
 unreachable model fails here with the message the services would print. Each file shows its own progress bar
 (huggingface_hub's); an interrupted download resumes where it stopped on the next pull; HF_TOKEN and HF_HOME are
-honoured as everywhere else. `--models` narrows the list (repo ids, or gary / jerry / terry for a service's models).
+honoured as everywhere else. `--models` narrows the list (repo ids, gary / jerry / terry for a service's models, or
+small / medium / large for gary's MusicGen sizes); the T5 text encoder they all load always comes along.
 """
 
 from __future__ import annotations
@@ -47,23 +48,28 @@ def plan(settings: Settings) -> list[ModelFiles]:
 
 
 def select(models: list[ModelFiles], wanted: list[str]) -> list[ModelFiles]:
-    """The models named by repo id or by service; an unknown name is an error listing the known ones."""
+    """The models named by repo id, by service, or by MusicGen size (small, medium, large), plus the T5 text encoder
+    every engine loads; an unknown name is an error listing the known ones."""
+    from gary.catalog import BY_SIZE
+
     if not wanted:
         return models
     chosen: list[ModelFiles] = []
     for name in wanted:
-        hits = [m for m in models if m.repo == name or name in m.service.split(",")]
+        hits = [m for m in models if m.repo == name or name in m.service.split(",") or m.repo in BY_SIZE.get(name, ())]
         if not hits:
-            known = ", ".join(["gary", "jerry", "terry", *(m.repo for m in models)])
+            known = ", ".join(["gary", "jerry", "terry", *BY_SIZE, *(m.repo for m in models)])
             raise SystemExit(f"gary-stack pull: unknown model {name!r}; known: {known}")
         chosen.extend(m for m in hits if m not in chosen)
+    chosen.extend(m for m in models if "," in m.service and m not in chosen)  # the shared T5
     return chosen
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pull", help="download every model the stack serves into the HF cache (HF_HOME), resumable")
     p.add_argument("--models", nargs="+", default=[], metavar="NAME",
-                   help="only these: repo ids, or gary / jerry / terry for a service's models")
+                   help="only these: repo ids, gary / jerry / terry (a service's models), small / medium / large (MusicGen "
+                   "sizes); the shared T5 always comes along")
     p.add_argument("--list", action="store_true", help="print what would be fetched and exit")
 
 

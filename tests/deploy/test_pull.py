@@ -77,6 +77,9 @@ def test_default_plan_is_every_model_the_stack_serves(tmp_path: Path) -> None:
                      "google-t5/t5-base"]
     done = _pull(["--models", "nobody/nothing"], tmp_path)
     assert done.returncode != 0 and "unknown model 'nobody/nothing'" in done.stderr
+    done = _pull(["--list", "--models", "medium"], tmp_path)
+    assert [line.split(" ", 1)[0] for line in done.stdout.splitlines()] == [
+        "thepatch/bleeps-medium", "thepatch/keygen-gary-medium-12", "google-t5/t5-base"]
 
 
 class FakeHub:
@@ -134,7 +137,8 @@ class FakeHub:
 
 @pytest.fixture
 def fake_hub() -> FakeHub:
-    hub = FakeHub({"thepatch/vanya_ai_dnb_0.1": MUSICGEN, "facebook/melodyflow-t24-30secs": MUSICGEN},
+    hub = FakeHub({"thepatch/vanya_ai_dnb_0.1": MUSICGEN, "facebook/melodyflow-t24-30secs": MUSICGEN,
+                   "google-t5/t5-base": {"config.json": b"{}", "model.safetensors": b"t5", "spiece.model": b"sp"}},
                   gated={"stabilityai/stable-audio-open-small"},
                   broken={"facebook/melodyflow-t24-30secs/compression_state_dict.bin"})
     yield hub
@@ -162,6 +166,8 @@ def test_a_second_pull_fetches_only_what_is_still_missing(tmp_path: Path, fake_h
     fake_hub.gets.clear()
     second = _pull(args, tmp_path, **env)
     assert second.returncode == 0, second.stderr
-    assert fake_hub.gets == ["facebook/melodyflow-t24-30secs/compression_state_dict.bin"]
+    assert fake_hub.gets[0] == "facebook/melodyflow-t24-30secs/compression_state_dict.bin"
+    assert not set(got) & set(fake_hub.gets), "a file fetched by the first pull was fetched again"
+    assert "google-t5/t5-base/model.safetensors" in fake_hub.gets  # the shared T5 comes along with any selection
     snap = tmp_path / "hub" / "models--facebook--melodyflow-t24-30secs" / "snapshots" / COMMIT
     assert (snap / "compression_state_dict.bin").read_bytes() == MUSICGEN["compression_state_dict.bin"]
