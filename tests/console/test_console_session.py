@@ -186,7 +186,10 @@ def test_phone_sized_screen_and_keyboard(browser: object, stack: Stack) -> None:
     try:
         page = phone.page
         page.wait_for_function("document.querySelector('#svc-terry').dataset.state !== 'unknown'", timeout=20_000)
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scrolling
+        wide = page.evaluate("[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > "
+                             "window.innerWidth + 0.5).map(e => `${e.tagName}#${e.id}.${e.className}`)")
+        assert wide == [], wide  # no sideways scrolling
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         for sel in ("#generate", "#transform", "#jerry-generate", "#api-key"):
             box = page.locator(sel).bounding_box()
             assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (sel, box)

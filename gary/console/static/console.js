@@ -543,6 +543,7 @@ socket.on("error", (d) => {
 state.healthDetail = {};
 
 function healthState(name, r) {
+  if (!r.reachable && r.configured === false) return ["off", name === "queue" ? "solo mode, no gateway" : "not configured"];
   if (!r.reachable) return ["down", r.error || "not reachable"];
   const b = r.body || {};
   if (name === "gary") return r.status_code === 200 ? ["up", b.demo ? "demo" : ""] : ["down", `degraded (redis ${b.redis}, store ${b.mongodb})`];
