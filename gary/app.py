@@ -98,6 +98,8 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
 
             await asyncio.to_thread(install_demo, settings, all_model_names())
         await dispatcher.start(runner.run)
+        store.start_watch()  # a dead session database is in the log now, not at the first musician's request
+        settings.announce_queue_mode(log, "gary")
         log.info("gary ready: queue %s, sessions %s", settings.queue_url or "solo (in-process FIFO)",
                  settings.session_store)
         try:

@@ -80,6 +80,10 @@ class SessionStore(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def start_watch(self) -> None:
+        """Start watching the backend's reachability (a dead one is logged loudly at start and while it lasts)."""
+        ...
+
 
 def utcnow() -> datetime:
     """Timezone-aware UTC now at millisecond precision (what BSON stores), so both backends return equal timestamps."""

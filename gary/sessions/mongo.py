@@ -15,7 +15,10 @@ transactions). The sweep deletes pending files that a crash left unreferenced.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,6 +53,19 @@ _INDEX_CONFLICT_CODES = {85, 86}
 _PENDING_GRACE = timedelta(hours=1)
 
 
+log = logging.getLogger("gary.sessions")
+UNREACHABLE = "The session database is unreachable right now; please try again in a minute."
+WATCH_DOWN_S = 2.0  # how often an outage is re-checked (requests fail at once meanwhile)
+WATCH_UP_S = 30.0
+LOUD_EVERY_S = 60.0  # while it lasts, the outage is logged again this often
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    """pymongo's topology dump runs to ~700 characters: its first sentence is what the operator needs."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class MongoSessionStore:
     """`SessionStore` on MongoDB; connects lazily, creates its indexes on first use and sweeps expired audio."""
 
@@ -73,18 +89,26 @@ class MongoSessionStore:
         self._bucket = AsyncGridFSBucket(db, bucket_name="fs")
         self._ready = False
         self._sweeper = Sweeper(self.sweep, sweep_interval)
+        self._where = f"{settings.mongodb_db} at {settings.mongodb_url.rsplit('@', 1)[-1]}"  # no credentials in logs
+        self.down_reason: str | None = None  # set while the database is unreachable (logged, told in /health)
+        self._down_logged = 0.0
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- plumbing -----------------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
         """Map driver failures to client-visible errors: unreachable -> 503, unstorable values -> 400."""
+        if self.down_reason is not None and self._watcher is not None and not self._watcher.done():
+            # known down and being watched: answer at once instead of making every client wait 5 s to learn it
+            raise GaryError(ErrorCode.SERVICE_UNAVAILABLE, UNREACHABLE, details={"retry_after": 10})
         try:
             yield
         except GaryError:
             raise
         except ConnectionFailure as exc:
-            raise GaryError(ErrorCode.SERVICE_UNAVAILABLE, f"session database unreachable: {exc}") from exc
+            self._mark_down(exc)
+            raise GaryError(ErrorCode.SERVICE_UNAVAILABLE, UNREACHABLE, details={"retry_after": 10}) from exc
         except (BSONError, OverflowError) as exc:
             raise GaryError(ErrorCode.BAD_REQUEST, f"session data cannot be stored: {exc}") from exc
         except PyMongoError as exc:
@@ -307,6 +331,44 @@ class MongoSessionStore:
         async with self._guard():
             await self._client.admin.command("ping")
 
+    def _mark_down(self, exc: BaseException) -> None:
+        """An outage is logged loudly when it starts and every LOUD_EVERY_S while it lasts, never once per request."""
+        self.down_reason = _short(exc)
+        now = time.monotonic()
+        if now - self._down_logged >= LOUD_EVERY_S:
+            self._down_logged = now
+            log.error("SESSION DATABASE UNREACHABLE (%s): %s — requests that need sessions answer 503 until it is back",
+                      self._where, self.down_reason)
+        self.start_watch()
+
+    async def _check(self) -> bool:
+        try:
+            await self._client.admin.command("ping")
+        except PyMongoError as exc:
+            self._mark_down(exc)
+            return False
+        if self.down_reason is not None:
+            log.warning("session database reachable again (%s)", self._where)
+            self.down_reason = None
+            self._down_logged = 0.0
+        return True
+
+    async def _watch(self) -> None:
+        while True:
+            up = await self._check()
+            await asyncio.sleep(WATCH_UP_S if up else WATCH_DOWN_S)
+
+    def start_watch(self) -> None:
+        """Check the database now and keep watching it (gary calls this at start, so a dead Mongo is in the log at
+        once rather than on the first musician's request)."""
+        if self._watcher is None or self._watcher.done():
+            with contextlib.suppress(RuntimeError):  # no running loop: the next request starts it
+                self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="mongo-watch")
+
     async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watcher
         await self._sweeper.stop()
         await self._client.close()

@@ -326,6 +326,9 @@ class SqliteSessionStore:
     async def ping(self) -> None:
         await self._call(self._db_ping)
 
+    def start_watch(self) -> None:
+        """Nothing to watch: the embedded database is a local file."""
+
     async def aclose(self) -> None:
         await self._sweeper.stop()
         if self._conn is not None:
