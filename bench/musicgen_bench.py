@@ -17,6 +17,13 @@ audiocraft's import-time needs; they travel as (made here, from the repo root):
            --platform manylinux2014_x86_64 --no-deps pydantic_core==<venv's> cffi==<venv's>
 Optional audiocraft imports that MusicGen never calls (spacy, librosa, av, torchmetrics, wandb) get inert
 stand-ins when missing; xformers gets gary.musicgen.reference's stand-in.
+
+Each of our timed figures comes twice: `first` is the first 30 s generation of its batch shape (graph capture
+included; torch.compile already warmed by a short run of the same batch size), `resident` the next one (the shape's
+graph and buffers resident, as for a server's repeated requests). `--variants` also times, for the first size, the
+earlier design (SDPA per KV bucket, a graph per bucket: `legacy`) and the fused step without torch.compile, in the
+same process. `replay_ms` is one graph replay at the full 30 s length, timed by CUDA events (the step alone);
+`kernels_per_step` counts the GPU kernels one step launches (profiled outside the graph).
 """
 
 from __future__ import annotations
@@ -41,10 +48,10 @@ DESCRIPTION = "lofi hip hop beat with warm rhodes keys and dusty drums"
 OPTIONAL = ["spacy", "librosa", "av", "torchmetrics", "wandb"]
 
 
-def bootstrap() -> None:
-    """Import paths for a raw checkout: carried site folders, and `garycommon` from common/."""
+def bootstrap(carried: bool = True) -> None:
+    """Import paths for a raw checkout: carried site folders (the GPU machine's Python), and `garycommon` from common/."""
     for extra in (ROOT / ".whl-musicgen" / "site312", ROOT / ".whl-musicgen" / "site"):
-        if extra.is_dir():
+        if carried and extra.is_dir():
             sys.path.insert(0, str(extra))
     use_checkout()
     # transformers caches which optional packages exist: settle that before any stand-in is registered
@@ -142,6 +149,46 @@ def run_ours(ours: Any, batch: int, duration: float, seed: int) -> dict[str, Any
             "peak_vram_mb": round(torch.cuda.max_memory_allocated() / 2**20)}
 
 
+def step_figures(ours: Any) -> dict[str, Any]:
+    """One graph replay of the most recent batch shape (CUDA events, median of 50) and the kernels one step launches."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    dec = ours.fast
+    slot = next(reversed(dec._slots.values()))
+    key = max(slot.graphs, key=lambda k: -1 if k is None else k)
+    graph = slot.graphs[key]
+    times = []
+    for _ in range(60):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    times = sorted(times[10:])
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        dec._run_step(slot.state, key)
+        torch.cuda.synchronize()
+    kernels = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return {"replay_ms": round(times[len(times) // 2], 4), "kernels_per_step": kernels}
+
+
+def time_ours(ours: Any, batches: list[int], log: Any) -> dict[str, Any]:
+    """Per batch size: a short warm-up (compiles), then two full runs (first of the shape, then resident)."""
+    out: dict[str, Any] = {}
+    for b in batches:
+        t0 = time.perf_counter()
+        run_ours(ours, b, SHORT_S, seed=99)
+        warm = round(time.perf_counter() - t0, 2)
+        first = run_ours(ours, b, DURATION_S, seed=b)
+        resident = run_ours(ours, b, DURATION_S, seed=b + 100)
+        out[f"batch{b}"] = {"first": first, "resident": resident, "warmup_s": warm, **step_figures(ours)}
+        log(b, out[f"batch{b}"])
+    return out
+
+
 def run_audiocraft(ref: Any, batch: int, seed: int) -> dict[str, Any]:
     """Short continuation (SHORT_S total); per-step time from its progress callback, extrapolated to 30 s."""
     import torch
@@ -173,11 +220,13 @@ def run_audiocraft(ref: Any, batch: int, seed: int) -> dict[str, Any]:
 
 
 def check_fast_equals_eager(work: Path, device: Any) -> dict[str, Any]:
-    """Through MusicGenEngine (demo mode, fp32): graph-replayed decode == the eager loop's tokens, and a batched
-    engine.generate with progress works end to end on the GPU."""
+    """Through MusicGenEngine (demo mode, fp32): graph-replayed decode == the eager loop's tokens for the fused
+    compiled step (the engine's default) and the legacy one, twice each (the second replays a resident slot); and a
+    batched engine.generate with progress works end to end on the GPU."""
     import torch
 
     from gary.musicgen import MusicGenEngine
+    from gary.musicgen.fastpath import FastDecoder
     from gary.musicgen.generate import generate_eager
     from gary.musicgen.types import GenerationRequest
     from garycommon.settings import Settings
@@ -190,25 +239,42 @@ def check_fast_equals_eager(work: Path, device: Any) -> dict[str, Any]:
             for p, d, desc, s in ((2, 12.0, "warm keys", 1), (1, 8.0, None, 2), (3, 12.0, "a longer text here", 3))]
     jobs = [model.to_job(r)[0] for r in reqs]
     eager = generate_eager(model.lm, jobs, torch.float32, model.keys)
-    fast = model.fast.generate(jobs)
-    same = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(eager, fast, strict=True))
+    result: dict[str, Any] = {}
+    for label, dec in (("fused_compiled", model.fast), ("legacy", FastDecoder(model, fused_attention=False))):
+        for run in ("first", "resident"):
+            t0 = time.perf_counter()
+            try:
+                fast = dec.generate(jobs)
+                same = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(eager, fast, strict=True))
+            except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
+                same = f"error: {exc!r}"[:500]
+            result[f"{label}_{run}_equals_eager"] = same
+            result[f"{label}_{run}_s"] = round(time.perf_counter() - t0, 2)
     seen: list[tuple[int, int]] = []
-    out = engine.generate(reqs, lambda step, total: seen.append((step, total)))
-    return {"fast_equals_eager": same, "engine_shapes": [list(r.audio.shape) for r in out],
-            "progress_reports": len(seen), "last_progress": seen[-1] if seen else None}
+    try:
+        out = engine.generate(reqs, lambda step, total: seen.append((step, total)))
+        result.update({"engine_shapes": [list(r.audio.shape) for r in out], "progress_reports": len(seen),
+                       "last_progress": seen[-1] if seen else None})
+    except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
+        result["engine_error"] = repr(exc)[:1000]
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--name", default="musicgen", help="file stem of the results")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
-    parser.add_argument("--ref-batches", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--budget-s", type=float, default=420.0, help="skip remaining audiocraft runs after this")
+    parser.add_argument("--ref-batches", nargs="+", type=int, default=[1])
+    parser.add_argument("--variants", action="store_true", help="also time legacy / uncompiled on the first size")
+    parser.add_argument("--budget-s", type=float, default=480.0, help="skip remaining audiocraft runs after this")
     args = parser.parse_args()
     bootstrap()
     import torch
+    import triton
 
+    from gary.musicgen.fastpath import FastDecoder
     from garycommon.settings import Settings
     from garycommon.textenc import write_tiny_t5
 
@@ -218,25 +284,38 @@ def main() -> None:
     write_tiny_t5(work / "t5-base")
     settings = Settings(local_models_dir=work, device="cuda")
     results: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                               "triton": triton.__version__,
                                "workload": {"prompt_s": PROMPT_S, "duration_s": DURATION_S, "top_k": 250,
                                             "cfg_coef": 3.0, "description": True},
                                "check": check_fast_equals_eager(work, device), "sizes": {}}
     args.out.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        (args.out / "musicgen.json").write_text(json.dumps(results, indent=2))
+        (args.out / f"{args.name}.json").write_text(json.dumps(results, indent=2))
 
     save()
     print(json.dumps(results["check"]), flush=True)
-    for size in args.sizes:
+    for n, size in enumerate(args.sizes):
         ref, ours = build(size, work, settings, device)
         entry: dict[str, Any] = {"ours": {}, "audiocraft": {}}
         results["sizes"][size] = entry
-        run_ours(ours, 1, SHORT_S, seed=99)  # warm-up: cuBLAS/cuDNN handles, allocator
-        for b in args.batches:
-            entry["ours"][f"batch{b}"] = run_ours(ours, b, DURATION_S, seed=b)
-            print(size, "ours", b, entry["ours"][f"batch{b}"], flush=True)
-            save()
+        if args.variants and n == 0:
+            entry["variants"] = {}
+            for label, kw in (("legacy", {"fused_attention": False}), ("fused_no_compile", {"compile": False})):
+                ours.fast = FastDecoder(ours, **kw)
+                entry["variants"][label] = time_ours(ours, [1, 8],
+                                                     lambda b, r, lb=label, sz=size: print(sz, lb, b, r, flush=True))
+                save()
+            ours.fast = FastDecoder(ours)
+        try:
+            entry["ours"] = time_ours(ours, args.batches, lambda b, r, sz=size: print(sz, "ours", b, r, flush=True))
+        except Exception as exc:  # noqa: BLE001 - recorded; the uncompiled fused step is timed instead
+            entry["ours_error"] = repr(exc)[:2000]
+            print(size, "compiled step failed:", repr(exc)[:2000], flush=True)
+            ours.fast = FastDecoder(ours, compile=False)
+            entry["ours"] = time_ours(ours, args.batches, lambda b, r, sz=size: print(sz, "ours-nocompile", b, r, flush=True))
+            entry["ours_compiled"] = False
+        save()
         for b in args.ref_batches:
             if time.perf_counter() - started > args.budget_s:
                 entry["audiocraft"][f"batch{b}"] = "skipped (time budget)"

@@ -23,6 +23,7 @@ from .lm import CrossKV, LayerCache, MusicGenLM
 from .sampling import SamplingParams, sample
 
 Progress = Callable[[int, int], None]
+TokensSoFar = Callable[[list[torch.Tensor], int], None]  # (codes [K, frames] per job so far, frames)
 KV_BUCKET = 256  # attention reads the cache in slices of this many slots (see kv_bound)
 
 
@@ -93,12 +94,12 @@ def emit(state: DecodeState, logits: torch.Tensor, keys: torch.Tensor, active: t
     """Sample position pos+1 of every row and write it, keeping forced tokens; inactive rows write nothing new."""
     out_pos = state.pos + 1
     tokens = sample(guided(logits, state.params, state.double), state.params, out_pos, keys)
-    idx = out_pos.view(-1, 1, 1).expand(-1, state.seq.shape[1], 1)
-    current = state.seq.gather(2, idx)
-    forced = state.forced.gather(2, idx)
+    rows = torch.arange(out_pos.shape[0], device=out_pos.device)
+    current = state.seq[rows, :, out_pos]  # [B, K]; indexed writes stay in place under torch.compile
+    forced = state.forced[rows, :, out_pos]
     if active is not None:
-        forced = forced | ~active.view(-1, 1, 1)
-    state.seq.scatter_(2, idx, torch.where(forced, current, tokens.unsqueeze(-1)))
+        forced = forced | ~active.view(-1, 1)
+    state.seq[rows, :, out_pos] = torch.where(forced, current, tokens)
 
 
 def decode_step(lm: MusicGenLM, state: DecodeState, keys: torch.Tensor, kv_len: int | None = None) -> None:
@@ -111,8 +112,10 @@ def decode_step(lm: MusicGenLM, state: DecodeState, keys: torch.Tensor, kv_len: 
     emit(state, logits, keys, active)
 
 
-def prepare(lm: MusicGenLM, jobs: list[Job], dtype: torch.dtype, keys: torch.Tensor) -> tuple[DecodeState, int, list[int]]:
-    """Prefill every row's known prefix and sample its first position; returns the state and the steps left."""
+def prepare(lm: MusicGenLM, jobs: list[Job], dtype: torch.dtype, keys: torch.Tensor,
+            cache: list[LayerCache] | None = None) -> tuple[DecodeState, int, list[int]]:
+    """Prefill every row's known prefix and sample its first position; returns the state and the steps left.
+    `cache` (the right shape) is filled instead of a new one: slots past a row's position are never read."""
     device = keys.device
     cfg = lm.cfg
     delays = list(cfg.delays)
@@ -124,7 +127,8 @@ def prepare(lm: MusicGenLM, jobs: list[Job], dtype: torch.dtype, keys: torch.Ten
         cond, mask = batch_conditions([j.cond for j in jobs], double)
         cross = lm.cross_kv(cond.to(dtype), mask)
     rows = len(jobs) * (2 if double else 1)
-    cache = lm.new_cache(rows, seq.shape[-1], dtype, device)
+    if cache is None:
+        cache = lm.new_cache(rows, seq.shape[-1], dtype, device)
     params = SamplingParams.build([j.temperature for j in jobs], [j.top_k for j in jobs], [j.top_p for j in jobs],
                                   [j.cfg_coef for j in jobs], [j.seed for j in jobs], device)
     pos = torch.tensor(prompt_lens, dtype=torch.long, device=device)
@@ -145,17 +149,35 @@ def kv_bound(prompt_lens: list[int], lasts: list[int], step: int, s_max: int, bu
     return min(s_max, -(-(furthest + 1) // bucket) * bucket)
 
 
+def hand_partial(seq: torch.Tensor, jobs: list[Job], delays: list[int], step: int, every: int,
+                 tokens_so_far: TokensSoFar | None) -> None:
+    """After decode step `step`, every `every` steps: hand `tokens_so_far` the codes of the frames complete in every
+    codebook of every row (a host copy, [K, frames] per job) and that frame count. Step n has written position
+    P + 1 + n of a row with P prompt frames, and frame t's last codebook sits at t + 1 + max(delays)."""
+    if tokens_so_far is None or every <= 0 or step % every:
+        return
+    done = min(min(j.prompt.shape[-1] + step + 1 - max(delays), j.frames) for j in jobs)
+    if done > 0:
+        host = seq.cpu()  # synchronises: the caller asked for the tokens now
+        tokens_so_far([revert_sequence(host[b], delays, done) for b in range(len(jobs))], done)
+
+
 @torch.no_grad()
 def generate_eager(lm: MusicGenLM, jobs: list[Job], dtype: torch.dtype, keys: torch.Tensor,
-                   progress: Progress | None = None) -> list[torch.Tensor]:
-    """Reference decode loop (CPU, or GPU without graphs): returns codes [K, frames] per job."""
+                   progress: Progress | None = None, tokens_so_far: TokensSoFar | None = None,
+                   every: int = 0) -> list[torch.Tensor]:
+    """Reference decode loop (CPU, or GPU without graphs): returns codes [K, frames] per job.
+    `tokens_so_far` / `every`: see `hand_partial` (a hook for decoding audio while the rest is generated)."""
     state, steps, lengths = prepare(lm, jobs, dtype, keys)
     total = steps + 1
     prompt_lens, lasts = [j.prompt.shape[-1] for j in jobs], [n - 2 for n in lengths]
+    delays = list(lm.cfg.delays)
     if progress is not None:
         progress(1, total)
     for n in range(1, steps + 1):
         decode_step(lm, state, keys, kv_bound(prompt_lens, lasts, n, state.seq.shape[-1], KV_BUCKET))
+        if n < steps:
+            hand_partial(state.seq, jobs, delays, n, every, tokens_so_far)
         if progress is not None:
             progress(n + 1, total)
-    return [revert_sequence(state.seq[b], list(lm.cfg.delays), j.frames) for b, j in enumerate(jobs)]
+    return [revert_sequence(state.seq[b], delays, j.frames) for b, j in enumerate(jobs)]

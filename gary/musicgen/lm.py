@@ -9,6 +9,7 @@ the decode step has static shapes, which is what lets the CUDA fast path capture
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,9 @@ from torch.nn import functional as F
 from garycommon.errors import ErrorCode, ModelLoadError
 
 from .checkpoint import LMConfig
+
+# (q, k, v [B, H, 1, Dh] of this step, the layer's cache, positions [B]) -> attention output [B, H, 1, Dh]
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "LayerCache", torch.Tensor], torch.Tensor]
 
 
 class Attention(nn.Module):
@@ -72,13 +76,16 @@ class Layer(nn.Module):
         return self.linear2(F.gelu(h) if self.gelu else F.relu(h))
 
     def _self_attn(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None,
-                   visible: torch.Tensor | None) -> torch.Tensor:
+                   visible: torch.Tensor | None, attend: Attend | None = None) -> torch.Tensor:
         """Prefill (pos None: positions 0..T-1 of every row) or one decode step (pos [B]: each row's position),
-        attending to the cache slots `visible` [B, 1, 1, kv_len] marks (built once per step by `MusicGenLM.step`)."""
+        attending to the cache slots `visible` [B, 1, 1, kv_len] marks (built once per step by `MusicGenLM.step`),
+        or, when `attend` is given (the CUDA fast path), letting it write the cache and attend."""
         att = self.self_attn
         dim = x.shape[-1]
         qkv = att.project(x, slice(0, 3 * dim))
         q, k, v = (att.split_heads(t) for t in qkv.split(dim, dim=-1))
+        if attend is not None and pos is not None:
+            return att.merge(attend(q, k, v, cache, pos))
         if pos is None:
             t = x.shape[1]
             cache.k[:, :, :t] = k
@@ -101,15 +108,15 @@ class Layer(nn.Module):
         return att.merge(out)
 
     def forward(self, x: torch.Tensor, cache: LayerCache, pos: torch.Tensor | None, cross: CrossKV | None,
-                visible: torch.Tensor | None = None) -> torch.Tensor:
+                visible: torch.Tensor | None = None, attend: Attend | None = None) -> torch.Tensor:
         if self.norm_first:
-            x = x + self._ls("layer_scale_1", self._self_attn(self.norm1(x), cache, pos, visible))
+            x = x + self._ls("layer_scale_1", self._self_attn(self.norm1(x), cache, pos, visible, attend))
             if cross is not None:
                 assert self.norm_cross is not None
                 x = x + self._ls("layer_scale_cross", self._cross(self.norm_cross(x), cross))
             return x + self._ls("layer_scale_2", self._ff(self.norm2(x)))
         src = x
-        x = self.norm1(x + self._ls("layer_scale_1", self._self_attn(x, cache, pos, visible)))
+        x = self.norm1(x + self._ls("layer_scale_1", self._self_attn(x, cache, pos, visible, attend)))
         if cross is not None:
             assert self.norm_cross is not None
             # audiocraft's post-norm branch queries the cross-attention with the layer input; kept for parity.

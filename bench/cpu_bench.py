@@ -1,0 +1,288 @@
+"""CPU benchmark (a machine without a GPU): our engines against the reference libraries, same CPU, same process,
+same random weights of the real model sizes; short workloads scaled to per-step / per-second figures.
+
+- MusicGen-small (1024-d, 24 layers): 6 s prompt -> 6.6 s with a description (top_k 250, cfg 3), batch 1; decode
+  ms per step from each engine's progress callback (ours: `generate_eager`; audiocraft 1.3.0
+  `generate_continuation`), plus the time to the first step (prompt encoding + prefill). The seconds a full
+  6 s -> 30 s continuation takes with our engine are estimated from those parts and a timed EnCodec decode of 30 s
+  (`--full-musicgen` runs it instead).
+- SAO-small (stable-audio-open-small's layout), 12 s, pingpong sampler: ours (jerry's `SAOEngine`, fp32, no fast
+  path) vs stable-audio-tools 0.0.19 `generate_diffusion_cond`, each run at 2 and 4 steps: the difference gives the
+  per-step cost, the rest the fixed cost (text, VAE decode), extrapolated to the 8 steps jerry serves.
+- MelodyFlow (962 M DiT): one DiT forward over 10 s (250 latent frames) with CFG rows (batch 2), ours vs the
+  original fork's `FlowModel` (`--fork DIR`, the betweentwomidnights/melodyflow checkout; skipped without it), sharing
+  one set of weights; a 25-step euler edit makes 2 x 25 forwards of that size.
+
+    python3 bench/cpu_bench.py --out bench/results [--only musicgen sao melodyflow] [--fork DIR] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from musicgen_bench import DESCRIPTION, PROMPT_S, SIZES, bootstrap  # bench/ is the script's folder, first on sys.path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT_S = 6.6  # MusicGen: 33 decode steps after the 6 s prompt
+FULL_S = 30.0
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        return f"{fields['Model name'].strip()} ({fields['CPU(s)'].strip()} CPUs)"
+    except (OSError, subprocess.CalledProcessError, KeyError):
+        return platform.processor() or "unknown"
+
+
+def per_step(stamps: list[tuple[int, float]], skip: int = 3) -> float:
+    (s0, t0), (s1, t1) = stamps[skip], stamps[-1]
+    return (t1 - t0) / (s1 - s0)
+
+
+# ---------------------------------------------------------------- MusicGen
+
+
+def musicgen(work: Path, full: bool) -> dict[str, Any]:
+    import torch
+    from omegaconf import OmegaConf
+
+    from gary.musicgen.checkpoint import compression_config, lm_config
+    from gary.musicgen.conditioning import TextConditioner
+    from gary.musicgen.demo import compression_xp_cfg, lm_xp_cfg
+    from gary.musicgen.encodec import build_compression
+    from gary.musicgen.lm import build_lm
+    from gary.musicgen.model import MusicGenModel
+    from gary.musicgen.reference import route_t5
+    from gary.musicgen.types import GenerationRequest
+    from garycommon.settings import Settings
+    from garycommon.textenc import load_t5, write_tiny_t5
+
+    write_tiny_t5(work / "t5-base")
+    settings = Settings(local_models_dir=work, device="cpu")
+    route_t5(settings)
+    from audiocraft.models import builders
+    from audiocraft.models.musicgen import MusicGen
+
+    device = torch.device("cpu")
+    dim, heads, layers = SIZES["small"]
+    ac_lm_cfg = OmegaConf.create(lm_xp_cfg(dim=dim, num_heads=heads, num_layers=layers))
+    ac_lm_cfg.device, ac_lm_cfg.dtype = "cpu", "float32"
+    torch.manual_seed(0)
+    ref_lm = builders.get_lm_model(ac_lm_cfg).eval()
+    ref_lm.cfg = ac_lm_cfg
+    ac_comp_cfg = OmegaConf.create(compression_xp_cfg(n_filters=64, dimension=128, lstm=2))
+    ac_comp_cfg.device = "cpu"
+    ref_codec = builders.get_compression_model(ac_comp_cfg).eval()
+    with torch.no_grad():
+        for layer in ref_codec.quantizer.vq.layers:
+            layer._codebook.embed.normal_()
+    ref = MusicGen("audiocraft-small", ref_codec, ref_lm)
+    lm, cond_state = build_lm(lm_config(OmegaConf.to_container(ac_lm_cfg, resolve=True)), dict(ref_lm.state_dict()))
+    codec = build_compression(compression_config(OmegaConf.to_container(ac_comp_cfg, resolve=True)),
+                              dict(ref_codec.state_dict()), stereo_interleaved=False, n_q=None)
+    tokenizer, t5 = load_t5(str(work / "t5-base"), settings, device, torch.float32)
+    text = TextConditioner(tokenizer, t5, cond_state, dim)
+    ours = MusicGenModel("ours-small", lm, codec, text, device, torch.float32)
+    params = sum(p.numel() for p in lm.parameters())
+    prompt = 0.1 * torch.randn(1, int(PROMPT_S * 32000), generator=torch.Generator().manual_seed(1))
+
+    def run_ours(duration: float) -> dict[str, Any]:
+        stamps: list[tuple[int, float]] = []
+        req = GenerationRequest("bench", prompt, 32000, duration=duration, description=DESCRIPTION, seed=5)
+        t0 = time.perf_counter()
+        out = ours.generate([req], lambda s, _t: stamps.append((s, time.perf_counter())))
+        secs = time.perf_counter() - t0
+        assert out[0].audio.shape[-1] == int(duration * 50) * 640
+        return {"seconds": round(secs, 2), "steps": stamps[-1][0], "ms_per_step": round(1000 * per_step(stamps), 1),
+                "first_step_s": round(stamps[0][1] - t0, 2), "after_last_step_s": round(t0 + secs - stamps[-1][1], 2)}
+
+    def run_ref(duration: float) -> dict[str, Any]:
+        stamps: list[tuple[int, float]] = []
+        ref.set_generation_params(use_sampling=True, top_k=250, top_p=0.0, temperature=1.0, duration=duration,
+                                  cfg_coef=3.0)
+        ref.set_custom_progress_callback(lambda s, _t: stamps.append((s, time.perf_counter())))
+        torch.manual_seed(5)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            audio = ref.generate_continuation(prompt[None], 32000, [DESCRIPTION], progress=True)
+        secs = time.perf_counter() - t0
+        assert audio.shape[-1] == int(duration * 50) * 640
+        return {"seconds": round(secs, 2), "steps": stamps[-1][0], "ms_per_step": round(1000 * per_step(stamps), 1),
+                "first_step_s": round(stamps[0][1] - t0, 2)}
+
+    result: dict[str, Any] = {"lm_params_M": round(params / 1e6, 1), "workload": f"{PROMPT_S:g} s -> {SHORT_S:g} s, batch 1"}
+    result["ours"] = run_ours(SHORT_S)
+    print("musicgen ours", result["ours"], flush=True)
+    result["audiocraft"] = run_ref(SHORT_S)
+    print("musicgen audiocraft", result["audiocraft"], flush=True)
+    result["speedup_per_step"] = round(result["audiocraft"]["ms_per_step"] / result["ours"]["ms_per_step"], 2)
+    codes = torch.randint(0, 2048, (1, 4, int(FULL_S * 50)))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        codec.decode(codes)
+    decode_30 = time.perf_counter() - t0
+    full_steps = int(FULL_S * 50) + 3 - int(PROMPT_S * 50)
+    o = result["ours"]
+    result["ours_30s_estimate"] = {"steps": full_steps, "encodec_decode_30s_s": round(decode_30, 2),
+                                   "seconds": round(o["first_step_s"] + full_steps * o["ms_per_step"] / 1000 + decode_30, 1)}
+    if full:
+        result["ours_30s_measured"] = run_ours(FULL_S)
+        print("musicgen ours 30 s", result["ours_30s_measured"], flush=True)
+    return result
+
+
+# ---------------------------------------------------------------- SAO-small
+
+
+def sao(work: Path) -> dict[str, Any]:
+    import torch
+    from jerry_bench import PROMPTS, _import_stock
+    from safetensors.torch import save_file
+
+    from garycommon.settings import Settings
+    from garycommon.textenc import write_tiny_t5
+    from jerry.sao import SAOEngine, SAORequest
+    from jerry.sao.demo import random_state_dict
+
+    sys.path.insert(0, str(ROOT / "tests" / "jerry_engine"))
+    from reference import build_reference
+
+    device = torch.device("cpu")
+    seconds = 12.0
+    config = json.loads((ROOT / "tests/jerry_engine/sao_small_model_config.json").read_text())
+    write_tiny_t5(work / "t5-base", d_model=768, d_kv=64, num_heads=12, d_ff=3072, num_layers=12)
+    state = random_state_dict(config, seed=0)
+    (work / "sao").mkdir(exist_ok=True)
+    save_file(state, str(work / "sao" / "model.safetensors"))
+    (work / "sao" / "model_config.json").write_text(json.dumps(config))
+    ours = SAOEngine.load(str(work / "sao"), Settings(local_models_dir=work, device="cpu"), device, torch.float32, fast=False)
+    generate = _import_stock()
+    stock = build_reference(config, state, work / "t5-base").to(device)
+    del state
+
+    def run_ours(steps: int) -> float:
+        t0 = time.perf_counter()
+        ours.generate([SAORequest(prompt=PROMPTS[0], seconds_total=seconds, steps=steps, seed=3)])
+        return time.perf_counter() - t0
+
+    def run_stock(steps: int) -> float:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            generate(stock, steps=steps, cfg_scale=1.0, sample_size=config["sample_size"], batch_size=1, seed=3,
+                     conditioning=[{"prompt": PROMPTS[0], "seconds_total": seconds}], device="cpu",
+                     sampler_type="pingpong")
+        return time.perf_counter() - t0
+
+    result: dict[str, Any] = {"workload": f"{seconds:g} s, batch 1, pingpong, cfg 1 (as jerry serves it)"}
+    for label, fn in (("ours", run_ours), ("stable_audio_tools", run_stock)):
+        fn(1)  # warm-up
+        two, four = fn(2), fn(4)
+        step = (four - two) / 2
+        fixed = two - 2 * step
+        result[label] = {"s_2_steps": round(two, 2), "s_4_steps": round(four, 2), "s_per_step": round(step, 3),
+                         "fixed_s": round(fixed, 2), "s_8_steps_estimate": round(fixed + 8 * step, 2)}
+        print("sao", label, result[label], flush=True)
+    result["speedup_8_steps"] = round(result["stable_audio_tools"]["s_8_steps_estimate"]
+                                      / result["ours"]["s_8_steps_estimate"], 2)
+    result["speedup_per_step"] = round(result["stable_audio_tools"]["s_per_step"] / result["ours"]["s_per_step"], 2)
+    return result
+
+
+# ---------------------------------------------------------------- MelodyFlow
+
+
+def melodyflow(fork: Path | None, reps: int) -> dict[str, Any]:
+    import torch
+    from terry_bench import Provider, build, load_fork
+
+    device = torch.device("cpu")
+    dit, _codec, dit_raw = build(False, device)
+    del _codec
+    dit.set_compute_dtype(torch.float32)
+    c = dit.config
+    frames = 250  # 10 s at 25 latent frames / s
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, c.latent_dim, frames, generator=gen)
+    t = torch.tensor([0.37, 0.37])
+    cond = torch.randn(2, 12, c.dim, generator=gen)
+    bias = torch.zeros(2, 1, 1, 12)
+    result: dict[str, Any] = {"workload": "one DiT forward, 10 s (250 frames), batch 2 (CFG rows)",
+                              "dit_params_M": round(sum(p.numel() for p in dit.parameters()) / 1e6, 1)}
+
+    def timed(fn: Any) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    with torch.inference_mode():
+        ours_out = dit(z, t, cond, bias)
+        result["ours_s_per_forward"] = round(timed(lambda: dit(z, t, cond, bias)), 3)
+    print("melodyflow ours", result, flush=True)
+    if fork is None:
+        result["fork"] = "not run: no --fork checkout given"
+        return result
+    flow = load_fork(fork)
+    kwargs = dict(dit_raw["transformer_lm"])
+    with torch.device("meta"):
+        ref = flow.FlowModel(Provider(c.cond_dim, c.dim), None, device="meta", **kwargs)
+    ref.load_state_dict(dit.state_dict(), strict=True, assign=True)  # the same tensors: no second copy in memory
+    ref.eval().requires_grad_(False)
+    with torch.inference_mode():
+        theirs = ref(z, t[:, None], cond, bias)
+        result["cosine_vs_fork"] = round(torch.nn.functional.cosine_similarity(ours_out.flatten(), theirs.flatten(),
+                                                                               dim=0).item(), 6)
+        result["fork_s_per_forward"] = round(timed(lambda: ref(z, t[:, None], cond, bias)), 3)
+    result["speedup_per_forward"] = round(result["fork_s_per_forward"] / result["ours_s_per_forward"], 2)
+    result["ours_euler25_flow_estimate_s"] = round(50 * result["ours_s_per_forward"], 1)
+    print("melodyflow", result, flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--only", nargs="+", default=["musicgen", "sao", "melodyflow"])
+    ap.add_argument("--fork", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (2 on a busy 2-core box thrash: ~6x slower)")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--full-musicgen", action="store_true", help="also run the whole 6 s -> 30 s continuation")
+    args = ap.parse_args()
+    bootstrap(carried=False)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    path = args.out / "cpu.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    results.update({"cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__,
+                    "note": "a shared 2-core development machine: other work ran beside these runs"})
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in args.only:
+            t0 = time.perf_counter()
+            if part == "musicgen":
+                results["musicgen_small"] = musicgen(Path(tmp), args.full_musicgen)
+            elif part == "sao":
+                results["sao_small"] = sao(Path(tmp))
+            elif part == "melodyflow":
+                results["melodyflow"] = melodyflow(args.fork, args.reps)
+            results.setdefault("wall_s", {})[part] = round(time.perf_counter() - t0, 1)
+            path.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
