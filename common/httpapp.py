@@ -119,9 +119,10 @@ def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body, *
     """GaryError -> its status and body; validation errors -> 400 with a readable message; never a bare 500 trace.
 
     Also installs `JsonGuard`, so every service refuses over-deep, non-finite or oversized JSON bodies the same way
-    (400/413) before any parser runs.
+    (400/413) before any parser runs, and `tidy_openapi`, so the docs say what the handlers here really answer.
     """
     app.add_middleware(JsonGuard, body=body, max_bytes=max_json_bytes)
+    tidy_openapi(app)
 
     @app.exception_handler(GaryError)
     async def _gary_error(_: Request, exc: GaryError) -> JSONResponse:
@@ -145,6 +146,49 @@ def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body, *
         log.exception("unhandled error")
         err = GaryError(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", http_status=500)
         return JSONResponse(body(err), status_code=500)
+
+
+API_KEY_SCHEMES: dict[str, dict[str, Any]] = {
+    "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                     "description": "One of API_KEYS (only when the server sets API_KEYS)"},
+    "BearerToken": {"type": "http", "scheme": "bearer", "description": "The same key as `Authorization: Bearer <key>`"},
+}
+_ERROR_SCHEMA = {
+    "type": "object", "title": "Error",
+    "properties": {"success": {"type": "boolean"}, "error": {"type": "string"}, "code": {"type": "string"}},
+}
+
+
+def tidy_openapi(app: FastAPI) -> None:
+    """The OpenAPI document, corrected: FastAPI documents a 422 on every route with parameters, but validation
+    errors answer 400 here (`install_error_handlers`), so each 422 becomes the 400 actually sent; and the API-key
+    scheme is declared (optional: keys are off unless API_KEYS is set), so "Try it out" can send one."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = plain()
+        for path in schema.get("paths", {}).values():
+            for op in path.values():
+                responses = op.get("responses", {}) if isinstance(op, dict) else {}
+                if "422" in responses:
+                    del responses["422"]
+                    responses.setdefault("400", {
+                        "description": "Invalid request: `error` names each field and what is wrong with it",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    })
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        schemas.setdefault("Error", _ERROR_SCHEMA)
+        components.setdefault("securitySchemes", {}).update(API_KEY_SCHEMES)
+        schema["security"] = [{name: []} for name in API_KEY_SCHEMES] + [{}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def replaying(body: bytes, receive: Receive) -> Callable[[], Awaitable[Message]]:
@@ -225,11 +269,16 @@ def check_api_key(request: Request, keys: list[str]) -> str | None:
     return given
 
 
-def server_args(name: str, default_port: int, argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=name, description=f"Run the {name} server.")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=default_port)
-    parser.add_argument("--demo", action="store_true", help="serve tiny random-weight models (also DEMO_MODELS=1)")
+def server_args(name: str, default_port: int, argv: list[str] | None = None, *, service: str | None = None,
+                demo: bool = True) -> argparse.Namespace:
+    """`--host --port [--demo]`; `--help` also lists the environment variables `service` reads, with defaults."""
+    from .clihelp import parser as cli_parser
+
+    parser = cli_parser(name, f"Run the {name} server.", service)
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=default_port, help="port to listen on")
+    if demo:
+        parser.add_argument("--demo", action="store_true", help="serve tiny random-weight models (also DEMO_MODELS=1)")
     return parser.parse_args(argv)
 
 
@@ -246,11 +295,11 @@ def serve_main(name: str, default_port: int, app_module: str, log_name: str, arg
     `create_app(settings)`."""
     import importlib
 
+    from .clihelp import settings_or_exit
     from .logs import setup_logging
-    from .settings import get_settings
 
-    args = server_args(name, default_port, argv)
-    settings = get_settings()
+    args = server_args(name, default_port, argv, service=log_name)
+    settings = settings_or_exit(name)
     if args.demo:
         settings = settings.model_copy(update={"demo_models": True})
     setup_logging(log_name, settings.log_level)

@@ -19,6 +19,9 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
     """Environment-driven settings shared by gary, jerry, terry and the queue gateway."""
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
@@ -60,7 +63,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty = open (solo use)"
     )
-    log_level: str = Field("INFO", description="Python logging level")
+    log_level: LogLevel = Field("INFO", description="Python logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
     max_audio_bytes: int = Field(64 * MiB, description="Largest decoded upload accepted by any service")
     gpu_vram_mb: int | None = Field(None, description="Queue gateway: GPU capacity override in MB (else detected)")
@@ -173,6 +176,11 @@ class Settings(BaseSettings):
 
     @field_validator("model_allow_owners", "api_keys", "queue_lanes", "queue_callback_hosts", mode="before")
     @classmethod
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 

@@ -91,9 +91,13 @@ def install_demo_models(settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gary-stack", description=__doc__.splitlines()[0])
+    from .clihelp import HelpFormatter, env_epilog
+
+    p = argparse.ArgumentParser(prog="gary-stack", description=__doc__.splitlines()[0], epilog=env_epilog(None),
+                                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run redis, the queue gateway, terry, jerry and gary")
+    up = sub.add_parser("up", help="run redis, the queue gateway, terry, jerry and gary", epilog=env_epilog(None),
+                        formatter_class=HelpFormatter)
     up.add_argument("--demo", action="store_true", help="tiny random-weight models for every model name")
     up.add_argument("--host", default="127.0.0.1", help="address the services listen on (0.0.0.0 to share)")
     up.add_argument("--data-dir", type=Path, default=None, help="sessions, demo models, redis AOF (default DATA_DIR)")
@@ -110,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .clihelp import settings_or_exit
+
     args = build_parser().parse_args(argv)
     settings = Settings()
     setup_logging("gary-stack", settings.log_level)
@@ -169,7 +175,8 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
                 log.error("port %d for %s is taken; pass --%s-port", port, name, name)
                 return 2
             launcher = f"import sys; from {module} import main; sys.exit(main())"
-            argv = [py, "-c", launcher, "--host", args.host, "--port", str(port)] + (["--demo"] if demo else [])
+            demo_flag = ["--demo"] if demo and name != "queue" else []  # the gateway loads no model: it has no --demo
+            argv = [py, "-c", launcher, "--host", args.host, "--port", str(port)] + demo_flag
             child = Child(name, argv, port, banner=banner.format(h=args.host, p=port))
             child.proc = subprocess.Popen(argv, env=env, cwd=str(data_dir))
             children.append(child)

@@ -22,3 +22,15 @@ def deep_object(key: str, **fields: object) -> bytes:
 
     head = json.dumps(fields)[:-1]
     return (head + (", " if fields else "") + json.dumps(key) + ": ").encode() + DEEP_JSON + b"}"
+
+
+def assert_openapi_honest(spec: dict) -> None:
+    """No documented 422 (validation errors answer 400 here) and the API-key scheme declared for "Try it out"."""
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            assert "422" not in op.get("responses", {}), (method, path)
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["ApiKeyHeader"] == {**schemes["ApiKeyHeader"], "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    assert schemes["BearerToken"]["scheme"] == "bearer"
+    assert {"ApiKeyHeader": []} in spec["security"]
+    assert "HTTPValidationError" not in spec["components"].get("schemas", {})

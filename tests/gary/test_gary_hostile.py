@@ -12,7 +12,7 @@ import httpx
 import pytest
 from conftest import Gary
 from gary_helpers import MODEL, recorder, wav_b64
-from hostile import DEEP_JSON, deep_object, hostile_wav
+from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
 from servers import ThreadedServer
 from test_gary_bad_input import Footprint, expect_error
 
@@ -109,3 +109,7 @@ def test_a_bang_no_gpu_can_hold_is_a_4xx_whose_code_agrees(make_gary: Any, tiny_
                                                         "prompt_duration": 1})
     assert r.status_code == 422, r.text
     assert r.json()["code"] == "UNSATISFIABLE" and "largest GPU it may use has 1 MB" in r.json()["error"]
+
+
+def test_openapi_documents_what_is_sent_and_the_key_scheme(gary: Gary) -> None:
+    assert_openapi_honest(httpx.get(f"{gary.url}/openapi.json", timeout=10).json())

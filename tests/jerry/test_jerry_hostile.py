@@ -7,7 +7,7 @@ import time
 
 import httpx
 import pytest
-from hostile import DEEP_JSON, deep_object, hostile_wav
+from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
 
 
 def test_absurd_sample_rate_is_refused_before_resampling(http: httpx.Client) -> None:
@@ -38,3 +38,9 @@ def test_non_finite_numbers_are_a_400(http: httpx.Client, literal: str) -> None:
     assert r.status_code == 400 and "cfg_scale" in r.json()["error"], r.text
     r = http.post("/generate/loop-with-riff", data={"prompt": "x 120bpm", "key": "gsharp", "style_strength": literal})
     assert r.status_code == 400 and "style_strength" in r.json()["error"], r.text
+
+
+def test_openapi_documents_what_is_sent_and_the_key_scheme(http: httpx.Client) -> None:
+    assert_openapi_honest(http.get("/openapi.json").json())
+    r = http.get("/models/prompts", params={"key": "x" * 5000})  # a documented-400 route really answers 400, not 422
+    assert r.status_code in (200, 400, 404), r.text

@@ -8,6 +8,7 @@ import httpx
 import pytest
 import redis as redis_sync
 from gq_helpers import queue_keys
+from hostile import assert_openapi_honest
 
 DEEP = b"[" * 20000 + b"]" * 20000
 JSON = {"content-type": "application/json"}
@@ -55,3 +56,12 @@ def test_path_like_gpu_ids_are_refused(make_gateway, http: httpx.Client, rdb: re
     assert r.status_code == 400, r.text
     assert queue_keys(rdb) == before
     assert http.post(f"{url}/gpus", json={"gpu_id": "hostA/0", "capacity_mb": 100}).status_code == 200
+
+
+def test_openapi_documents_what_is_sent_and_the_key_scheme(make_gateway, http: httpx.Client) -> None:
+    url = make_gateway(queue_gpus="gpu0=10000", api_keys=["k1"]).url
+    spec = http.get(f"{url}/openapi.json").json()
+    assert_openapi_honest(spec)
+    r = http.post(f"{url}/gpus", json={"gpu_id": "g", "capacity_mb": "lots"}, headers={"X-API-Key": "k1"})
+    assert r.status_code == 400 and "400" in spec["paths"]["/gpus"]["post"]["responses"]
+    assert http.post(f"{url}/gpus", json={"gpu_id": "g", "capacity_mb": 1}).status_code == 401

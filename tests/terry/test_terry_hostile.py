@@ -11,7 +11,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 import redis
-from hostile import DEEP_JSON, deep_object, hostile_wav
+from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
 from terry_helpers import Terry, wav_b64
 
 SID = "hostile-session"
@@ -68,3 +68,7 @@ def test_a_named_pipe_is_refused_at_once(bare: Terry) -> None:
     r = httpx.post(f"{bare.url}/transform", json={**BASE, "audio_file_path": "dir.wav"}, timeout=10)
     assert r.status_code == 400 and "not a regular file" in r.json()["error"], r.text
     assert _stored(bare) == []
+
+
+def test_openapi_documents_what_is_sent_and_the_key_scheme(bare: Terry) -> None:
+    assert_openapi_honest(httpx.get(f"{bare.url}/openapi.json", timeout=10).json())
