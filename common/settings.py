@@ -18,22 +18,22 @@ def _split_csv(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+class Settings(BaseSettings):
     """Environment-driven settings shared by gary, jerry, terry and the queue gateway."""
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for queue, flags, progress and Socket.IO fan-out")
-    mongodb_url: str = Field("mongodb://127.0.0.1:27017/", description="MongoDB for sessions when SESSION_STORE=mongo")
     redis_max_connections: int = Field(
         512, ge=2, description="Redis connections per pool; past this a request waits for one (REDIS_POOL_TIMEOUT_SECONDS)"
     )
     redis_pool_timeout_seconds: float = Field(
         10.0, gt=0, description="How long a request waits for a free Redis connection before a 429 'server busy, retry'"
     )
+    mongodb_url: str = Field("mongodb://127.0.0.1:27017/", description="MongoDB for sessions when SESSION_STORE=mongo")
     mongodb_db: str = Field("audio_generation_db", description="Mongo database name (the original's)")
     session_store: Literal["mongo", "sqlite"] = Field("sqlite", description="Session backend: mongo+GridFS or embedded")
     session_ttl_seconds: int = Field(
@@ -174,13 +174,13 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     )
     jerry_lease_vram_mb: int = Field(3000, gt=0, description="jerry: VRAM of the permanent resident lease it holds")
 
-    @field_validator("model_allow_owners", "api_keys", "queue_lanes", "queue_callback_hosts", mode="before")
-    @classmethod
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("model_allow_owners", "api_keys", "queue_lanes", "queue_callback_hosts", mode="before")
+    @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
