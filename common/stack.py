@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     from .clihelp import settings_or_exit
 
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    settings = settings_or_exit("gary-stack")
     setup_logging("gary-stack", settings.log_level)
     if args.command == "pull":
         from .pull import pull
