@@ -286,7 +286,9 @@ def run_uvicorn(app: Any, host: str, port: int, log_level: str = "info") -> None
     """Uvicorn with a 64 MiB websocket frame cap (its 16 MiB default silently drops gary4live's first bang)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), ws_max_size=WS_MAX_BYTES, ws_ping_interval=None)
+    # log_config=None: uvicorn's lines go through `setup_logging`'s handler (time, service, level) instead of its own
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), ws_max_size=WS_MAX_BYTES, ws_ping_interval=None,
+                log_config=None)
 
 
 def serve_main(name: str, default_port: int, app_module: str, log_name: str, argv: list[str] | None = None) -> int:

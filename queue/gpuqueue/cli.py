@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("gpu-queue", settings.log_level)
     # not garycommon's run_uvicorn: the gateway serves no websockets, and answers in one write each (oneshot.py)
     uvicorn.run(create_app(settings, freeze_heap=True), host=args.host, port=args.port,
-                log_level=settings.log_level.lower(), http=OneWriteHttpToolsProtocol)
+                log_level=settings.log_level.lower(), http=OneWriteHttpToolsProtocol,
+                log_config=None)  # uvicorn's lines through setup_logging's handler: time, service, level
     return 0
 
 
