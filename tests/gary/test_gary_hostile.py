@@ -113,3 +113,34 @@ def test_a_bang_no_gpu_can_hold_is_a_4xx_whose_code_agrees(make_gary: Any, tiny_
 
 def test_openapi_documents_what_is_sent_and_the_key_scheme(gary: Gary) -> None:
     assert_openapi_honest(httpx.get(f"{gary.url}/openapi.json", timeout=10).json())
+
+
+async def test_socketio_message_cap_is_answered_under_it_and_named_over_it(gary: Gary) -> None:
+    """Under the transport cap (WS_MAX_BYTES) every message is read and answered (audio over 64 MiB: DATA_TOO_LARGE);
+    a frame over it is closed by the transport with 1009 "message too big", the documented reason, and gary serves
+    on."""
+    import websockets
+
+    from garycommon.httpapp import WS_MAX_BYTES
+
+    rec = await recorder(gary.url)
+    try:
+        envelope = len('42["process_audio_request",{"audio_data":"","model_name":"' + MODEL + '","prompt_duration":1}]')
+        just_under = "A" * (WS_MAX_BYTES - envelope - 1024)
+        err = await expect_error(rec, "process_audio_request", {"audio_data": just_under, "model_name": MODEL,
+                                                                 "prompt_duration": 1}, "too large")
+        assert err["code"] == "DATA_TOO_LARGE" and rec.client.connected
+    finally:
+        await rec.close()
+    ws_url = gary.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    async with websockets.connect(ws_url, max_size=None) as ws:
+        assert (await ws.recv()).startswith("0")
+        await ws.send("40")
+        assert (await ws.recv()).startswith("40")
+        await ws.send('42["process_audio_request",{"audio_data":"' + "A" * (WS_MAX_BYTES + 1024 * 1024) + '"}]')
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+    with httpx.Client(base_url=gary.url, timeout=10) as http:
+        assert http.get("/health").status_code in (200, 500)  # still serving (500 only for a degraded Mongo check)
