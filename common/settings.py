@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -42,7 +43,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Embedded session store, demo models, riffs and other local files")
     transfer_dir: Path = Field(Path("/tmp/audio_transfer"), description="Only folder terry reads audio_file_path from")
 
-    queue_url: str = Field("http://127.0.0.1:8085", description="GPU queue gateway base URL")
+    queue_url: str = Field("", description="GPU queue gateway base URL; empty = solo (no gateway, no leases, one job "
+                           "on the GPU at a time; `gary-stack up` and compose set it)")
     gary_url: str = Field("http://127.0.0.1:8000", description="gary base URL (queue callbacks go to /task_notification)")
     terry_url: str = Field("http://127.0.0.1:8002", description="terry (MelodyFlow) base URL")
     jerry_url: str = Field("http://127.0.0.1:8005", description="jerry (stable-audio-open-small) base URL")
@@ -192,6 +194,19 @@ class Settings(BaseSettings):
         if self.queue_callback_hosts:
             return set(self.queue_callback_hosts)
         return {h for h in (urlsplit(self.gary_url).hostname, "127.0.0.1", "localhost", "::1") if h}
+
+    @property
+    def queue_mode(self) -> str:
+        """`solo` without a gateway (each service alone on its GPU), else `gateway`; told in every /health."""
+        return "gateway" if self.queue_url else "solo"
+
+    def announce_queue_mode(self, log: logging.Logger, service: str) -> None:
+        """One start-up line saying how this service shares the GPU (the operator's first question)."""
+        if self.queue_url:
+            log.info("%s: GPU queue gateway at %s (VRAM leases, shared GPU)", service, self.queue_url)
+        else:
+            log.info("%s: running solo: QUEUE_URL is empty, so no gateway and no leases; one job on the GPU at a "
+                     "time", service)
 
     @property
     def hf_token_value(self) -> str | None:

@@ -52,6 +52,7 @@ async def health(request: Request) -> JSONResponse:
     body["pytorch"] = "live" if torch.cuda.is_available() else "no GPU detected"
     body["session_store"] = ctx.settings.session_store
     body["queue"] = ctx.settings.queue_url or "solo"
+    body["queue_mode"] = ctx.settings.queue_mode
     body["demo"] = ctx.settings.demo_models
     healthy = body["mongodb"] == "live" and body["redis"] == "live"
     body["status"] = "live" if healthy else "degraded"

@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None, *, demo: bool | None = None) ->
         app.state.jerry = state
         batcher.start()
         tasks = []
+        settings.announce_queue_mode(log, "jerry")
         if settings.queue_url:
             tasks.append(asyncio.create_task(hold_resident_lease(state), name="jerry-lease"))
         # The port opens once the first load attempt is over: listening means ready (or failed, with the reason in

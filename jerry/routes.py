@@ -205,7 +205,8 @@ async def health(request: Request) -> JSONResponse:
     state = get_state(request)
     reg = state.registry
     body: dict[str, Any] = {"device": reg.device.type, "cuda_available": torch.cuda.is_available(), "demo": reg.demo,
-                            "model": state.settings.jerry_model, "queue_lease": state.lease.get("state")}
+                            "model": state.settings.jerry_model, "queue_lease": state.lease.get("state"),
+                            "queue_mode": state.settings.queue_mode}
     entry = reg.entries().get("standard_saos")
     if entry is not None:
         body.update(status="healthy", model_loaded=True, model_info={

@@ -40,6 +40,7 @@ def create_app(settings: Settings, *, loader: Callable[[], Engine] | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = TerryService.from_settings(settings, loader=loader)
         app.state.terry = svc
+        settings.announce_queue_mode(log, "terry")
         preload: asyncio.Task[Any] | None = None
         if settings.terry_preload:
             preload = asyncio.create_task(_preload(svc))

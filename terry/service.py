@@ -116,7 +116,8 @@ class TerryService:
             "demo": self.demo,
             "busy": self.runner.active > 0,
             "queued": self.runner.waiting,
-            "queue": "gateway" if self.queue is not None else "local",
+            "queue": "gateway" if self.queue is not None else "solo",
+            "queue_mode": self.settings.queue_mode,
             "legacy_32k": self.settings.terry_legacy_32k,
             "uptime": round(time.monotonic() - self.started, 1),
         }

@@ -22,6 +22,7 @@ from .dit import FlowDiT
 from .engine import DEMO_MARKER
 
 REPO_ID = "facebook/melodyflow-t24-30secs"
+DEMO_LAYOUT = "dit-4x32"  # in the folder's marker: a demo folder written with other sizes is rewritten
 
 # The published DiT's config (the fields FlowModel/StreamingTransformer read), per the fork and audiocraft.cpp's docs.
 REAL_DIT_CFG: dict[str, Any] = {
@@ -71,6 +72,14 @@ def tiny_configs() -> tuple[dict[str, Any], dict[str, Any]]:
     return dit, codec
 
 
+def demo_configs() -> tuple[dict[str, Any], dict[str, Any]]:
+    """What `--demo` serves: the tiny configs at half the DiT width and depth (4 layers, 32 wide, one skip), so a
+    transform of a minute of audio stays a few seconds on a 2-core CPU next to the other demo services."""
+    dit, codec = tiny_configs()
+    dit["transformer_lm"].update(dim=32, num_layers=4)
+    return dit, codec
+
+
 def random_dit(cfg: dict[str, Any], seed: int = 0) -> FlowDiT:
     """A FlowDiT with small random weights (trained-like scales keep the flow finite) and bf16-rounded RoPE freqs."""
     model = FlowDiT(dit_config(cfg))
@@ -105,13 +114,14 @@ def write_demo_checkpoint(folder: Path, *, seed: int = 0) -> Path:
     """Write tiny random `state_dict.bin` + `compression_state_dict.bin` into `folder` (idempotent per seed)."""
     folder = Path(folder)
     marker = folder / "demo_seed.txt"
-    if marker.exists() and marker.read_text() == str(seed) and (folder / DIT_FILE).exists() and (folder / CODEC_FILE).exists():
+    stamp = f"{seed} {DEMO_LAYOUT}"
+    if marker.exists() and marker.read_text() == stamp and (folder / DIT_FILE).exists() and (folder / CODEC_FILE).exists():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    dit_cfg, codec_cfg = tiny_configs()
+    dit_cfg, codec_cfg = demo_configs()
     _save(folder / DIT_FILE, dit_cfg, random_dit(dit_cfg, seed).state_dict())
     _save(folder / CODEC_FILE, codec_cfg, random_codec(codec_cfg, seed).state_dict())
-    marker.write_text(str(seed))
+    marker.write_text(stamp)
     return folder
 
 
