@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -24,14 +25,14 @@ async def test_dead_mongo_is_loud_to_the_operator_and_short_to_clients(dead: Any
     deadline = time.monotonic() + 20
     while not any("SESSION DATABASE UNREACHABLE" in r.getMessage() for r in caplog.records):
         assert time.monotonic() < deadline, "no loud log line about the dead session database"
-        time.sleep(0.2)
-    with httpx.Client(base_url=dead.url, timeout=30) as http:
-        health = http.get("/health")
+        await asyncio.sleep(0.2)
+    async with httpx.AsyncClient(base_url=dead.url, timeout=30) as http:
+        health = await http.get("/health")
         assert health.json()["status"] == "degraded" and health.json()["mongodb"].startswith("down"), health.text
         body = {"audio_data": wav_b64(1.0), "model_name": MODEL, "prompt_duration": 1}
         for _ in range(3):
             started = time.monotonic()
-            r = http.post("/api/juce/process_audio", json=body)
+            r = await http.post("/api/juce/process_audio", json=body)
             assert r.status_code == 503 and r.json()["code"] == "SERVICE_UNAVAILABLE", r.text
             assert len(r.json()["error"]) < 120 and "Topology" not in r.json()["error"], r.json()["error"]
             assert time.monotonic() - started < 2  # known down: no 5 s server-selection wait per request

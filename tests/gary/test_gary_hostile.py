@@ -142,5 +142,5 @@ async def test_socketio_message_cap_is_answered_under_it_and_named_over_it(gary:
             while True:
                 await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
-    with httpx.Client(base_url=gary.url, timeout=10) as http:
-        assert http.get("/health").status_code in (200, 500)  # still serving (500 only for a degraded Mongo check)
+    async with httpx.AsyncClient(base_url=gary.url, timeout=10) as http:
+        assert (await http.get("/health")).status_code in (200, 500)  # still serving (500 only for a degraded Mongo check)
