@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,12 +188,19 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
                 return 1
             log.info("%s", child.banner)
         log.info("stack is up%s; Ctrl-C stops everything", " (demo models)" if demo else "")
+        # compose's `restart: unless-stopped`: a dead child is restarted with backoff, Redis from its AOF
+        watched = [Restarter(c.name, lambda c=c: subprocess.Popen(c.argv, env=env, cwd=str(data_dir)), c.proc)
+                   for c in children if c.proc is not None]
+        redis_watch = (Restarter("redis", lambda: start_redis(args.redis_port, data_dir / "redis"), redis_proc)
+                       if redis_proc is not None else None)
         while not stopping:
-            for child in children:
-                assert child.proc is not None
-                if child.proc.poll() is not None:
-                    log.error("%s exited with %s; stopping the stack", child.name, child.proc.returncode)
-                    return 1
+            now = time.monotonic()
+            if redis_watch is not None:
+                redis_watch.check(now)
+                redis_proc = redis_watch.proc
+            for child, watch in zip(children, watched, strict=True):
+                watch.check(now)
+                child.proc = watch.proc
             time.sleep(0.5)
         return 0
     finally:
@@ -219,6 +227,47 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen:
     if not wait_listening(port, proc, 20):
         raise SystemExit(f"redis-server did not start on port {port} (taken? set REDIS_URL or --redis-port)")
     return proc
+
+
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+STABLE_AFTER_S = 60.0  # a child that ran this long is healthy again: its next crash restarts after the first delay
+
+
+@dataclass
+class Restarter:
+    """Keeps one child running: when it exits it is restarted after a growing delay (RESTART_BACKOFF_S), each step
+    logged; `check` is called from the launcher's loop and never blocks longer than one start."""
+
+    name: str
+    start: Callable[[], subprocess.Popen]
+    proc: subprocess.Popen
+    restarts: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    due: float | None = None
+
+    def check(self, now: float) -> None:
+        if self.due is None:
+            if self.proc.poll() is None:
+                if self.restarts and now - self.started_at > STABLE_AFTER_S:
+                    self.restarts = 0
+                return
+            delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
+            log.error("%s exited with %s; restarting it in %.0f s", self.name, self.proc.returncode, delay)
+            self.due = now + delay
+            return
+        if now < self.due:
+            return
+        self.restarts += 1
+        self.due = None
+        try:
+            self.proc = self.start()
+        except (OSError, SystemExit) as exc:  # e.g. redis-server could not bind yet: try again later
+            delay = RESTART_BACKOFF_S[min(self.restarts, len(RESTART_BACKOFF_S) - 1)]
+            log.error("restarting %s failed (%s); next try in %.0f s", self.name, exc, delay)
+            self.due = time.monotonic() + delay
+            return
+        self.started_at = time.monotonic()
+        log.warning("%s restarted (pid %d, restart %d)", self.name, self.proc.pid, self.restarts)
 
 
 def stop_all(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
