@@ -24,10 +24,20 @@ FILES = ("docker-compose.yml", "docker-compose.worker.yml")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}")
 
 
-def _load(path: str) -> dict:
-    """The file after ${VAR...} interpolation (a sample value for each) and YAML merge keys, as Compose reads it."""
-    text = _VAR.sub(lambda m: os.environ.get(m[1], "10.0.0.1" if m[1].endswith("HOST") else "x"), (ROOT / path).read_text())
-    return yaml.safe_load(text)
+def _load(path: str) -> object:
+    """The file as Compose reads it: YAML (merge keys resolved), then ${VAR...} interpolated in every string (a sample
+    value for each variable)."""
+
+    def interpolate(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: interpolate(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [interpolate(v) for v in node]
+        if isinstance(node, str):
+            return _VAR.sub(lambda m: os.environ.get(m[1], "10.0.0.1" if m[1].endswith("HOST") else "x"), node)
+        return node
+
+    return interpolate(yaml.safe_load((ROOT / path).read_text()))
 
 
 def _validator(name: str) -> jsonschema.protocols.Validator:
@@ -47,14 +57,13 @@ def test_compose_file_is_valid(path: str, schema: str) -> None:
 
 def test_the_v1_schema_rejects_what_v1_rejects() -> None:
     """The check has teeth: a top-level `name:` (accepted by v2) fails the v1 schema."""
-    compose = _load("docker-compose.yml") | {"name": "gary-backend"}
+    compose = {**_load("docker-compose.yml"), "name": "gary-backend"}  # type: ignore[dict-item]
     assert not list(_validator("compose-spec.json").iter_errors(compose))
     assert list(_validator("docker-compose-1.29.2.json").iter_errors(compose))
 
 
 def test_gpu_services_keep_health_checks_cache_volume_and_share_one_environment() -> None:
-    compose = _load("docker-compose.yml")
-    services = compose["services"]
+    services = _load("docker-compose.yml")["services"]  # type: ignore[index]
     for name in ("gary", "jerry", "terry"):
         svc = services[name]
         assert "hf-cache:/cache/huggingface" in svc["volumes"], name
@@ -64,6 +73,6 @@ def test_gpu_services_keep_health_checks_cache_volume_and_share_one_environment(
     assert {"prometheus", "grafana"} <= set(services)
     for name in ("prometheus", "grafana"):
         assert services[name]["profiles"] == ["monitoring"], "monitoring must not start by default"
-    worker = _load("docker-compose.worker.yml")["services"]
+    worker = _load("docker-compose.worker.yml")["services"]  # type: ignore[index]
     assert set(worker) == {"gary", "jerry", "terry"}, "a worker host runs only the GPU services"
     assert worker["gary"]["environment"]["REDIS_URL"].startswith("redis://10.0.0.1:")
