@@ -80,8 +80,10 @@ class QueueClient:
                 resp = await self._http.request(method, path, json=json, params=params,
                                                 timeout=read_s if read_s is not None else self.timeout)
         except httpx.HTTPError as exc:
-            raise GaryError(ErrorCode.QUEUE_UNAVAILABLE, f"GPU queue at {self.base_url} is unreachable: {exc!r}",
-                            http_status=503) from exc
+            # one short sentence for the musician (the gateway may be restarting); the operator's detail is in the log
+            log.warning("GPU queue at %s unreachable: %r", self.base_url, exc)
+            raise GaryError(ErrorCode.QUEUE_UNAVAILABLE, "The GPU queue is unreachable right now; retrying — please try "
+                            "again in a few seconds", http_status=503, details={"retry_after": 5}) from exc
         if resp.status_code == 404 and not_found_ok:
             return None
         if resp.status_code >= 400:

@@ -144,3 +144,16 @@ async def test_socketio_message_cap_is_answered_under_it_and_named_over_it(gary:
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
     async with httpx.AsyncClient(base_url=gary.url, timeout=10) as http:
         assert (await http.get("/health")).status_code in (200, 500)  # still serving (500 only for a degraded Mongo check)
+
+
+def test_gateway_down_is_503_retrying_not_500(make_gary: Any) -> None:
+    """While the gateway is down (restarting under gary-stack), a bang is a short 503 "retrying" with Retry-After."""
+    from servers import free_port
+
+    g = make_gary(queue_url=f"http://127.0.0.1:{free_port()}")
+    with httpx.Client(base_url=g.url, timeout=30) as http:
+        r = http.post("/api/juce/process_audio", json={"audio_data": wav_b64(1.0), "model_name": MODEL,
+                                                        "prompt_duration": 1})
+    assert r.status_code == 503 and r.json()["code"] == "QUEUE_UNAVAILABLE", r.text
+    assert "retrying" in r.json()["error"] and len(r.json()["error"]) < 140 and "ConnectError" not in r.json()["error"]
+    assert int(r.headers["retry-after"]) > 0
