@@ -306,5 +306,8 @@ def serve_main(name: str, default_port: int, app_module: str, log_name: str, arg
         settings = settings.model_copy(update={"demo_models": True})
     setup_logging(log_name, settings.log_level)
     app = importlib.import_module(app_module).create_app(settings)
+    from .gpureg import RegistersCards, register_cards_forever
+
+    app = RegistersCards(app, lambda: register_cards_forever(settings, log_name))  # the gateway learns our GPUs
     run_uvicorn(app, args.host, args.port, settings.log_level)
     return 0

@@ -73,6 +73,7 @@ class Gateway:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._gpus: dict[str, int] = {}
         self._gpus_at = 0.0
+        self.gpu_source = "placeholder"  # configured | detected | placeholder (-> registered once a worker registers)
         # a long-poll re-reads (and so keeps alive) its request well within the poll TTL
         self._refresh_s = min(1.0, settings.queue_poll_ttl_seconds / 3)
 
@@ -98,6 +99,8 @@ class Gateway:
 
     async def _register_configured_gpus(self) -> None:
         gpus, placeholder = await asyncio.to_thread(configured_gpus, self.settings)  # may run nvidia-smi
+        self.gpu_source = ("configured" if self.settings.queue_gpus.strip() or self.settings.gpu_vram_mb
+                           else "placeholder" if placeholder else "detected")
         if placeholder:
             known = await self.redis.hgetall(rediskeys.gq_gpus())
             if any(int(cap) > 0 for gid, cap in known.items() if gid != FALLBACK_GPU_ID):
@@ -395,8 +398,13 @@ class Gateway:
                          fencing_token=int(fence or 0), expires_at=int(expires or 0) / 1000)
         gpus = [{"id": gid, "capacity_mb": int(data["caps"].get(gid, 0)), "granted_mb": int(data["used"].get(gid, 0)),
                  "free_mb": int(data["caps"].get(gid, 0)) - int(data["used"].get(gid, 0))} for gid in order]
+        # where the budget comes from: QUEUE_GPUS/GPU_VRAM_MB, the gateway's own cards, the made-up placeholder
+        # (no card known yet), or cards the GPU services registered (the placeholder is then drained)
+        source = self.gpu_source
+        if source == "placeholder" and int(data["caps"].get(FALLBACK_GPU_ID, 0)) <= 0:
+            source = "registered"
         return {
-            "gpus": gpus, "lanes": lanes, "leases": leases, "outbox_pending": data["outbox"],
+            "gpus": gpus, "gpu_source": source, "lanes": lanes, "leases": leases, "outbox_pending": data["outbox"],
             "durations_s": {k: round(float(v), 2) for k, v in durations.items() if not k.startswith("n:")},
             "learned_vram_mb": {k: int(v) for k, v in learned.items()},
             "config": {"lease_ttl_s": self.config.ttl_ms / 1000, "max_bypass": self.config.max_bypass,
