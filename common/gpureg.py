@@ -19,12 +19,18 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import GaryError
-from .keys import secret
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 REGISTER_EVERY_S = 30.0
 Cards = list[tuple[str, int]]
+
+
+def _key(settings: Settings, name: str) -> str | None:
+    """An optional secret setting's plain value ('' or absent counts as unset)."""
+    value = getattr(settings, name, None)
+    value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+    return value or None
 
 
 def local_cards(settings: Settings) -> Cards:
@@ -62,7 +68,7 @@ async def register_cards_forever(settings: Settings, service: str, cards: Callab
         return  # a CPU-only service has no card to announce
     from .queueclient import QueueClient
 
-    client = QueueClient(settings.queue_url, api_key=secret(settings.admin_key) or secret(settings.service_key))
+    client = QueueClient(settings.queue_url, api_key=_key(settings, "admin_key") or _key(settings, "service_key"))
     told: str | None = None
     try:
         while True:
