@@ -1,9 +1,10 @@
 """Assembly of the jerry service: settings, the GPU worker, the model registry, riffs, routes and the optional queue lease.
 
-Start-up loads and warms the standard model on the worker thread before the port opens, so a listening jerry is a
-ready one; if loading fails it listens anyway, `/health` answers 503 with the reason, and loading is retried in the
-background. The optional queue-gateway lease never holds start-up up. In demo mode tiny random weights are written in the
-published layout and loaded by the same code (announced in the log, `/health` and every response's metadata).
+The port opens at once and the standard model loads (or downloads) in the background: `/health` answers 503
+`loading` until it is ready (a first real run's download can outlast any launcher timeout), and 503 with the reason
+if loading fails, retried in the background. The optional queue-gateway lease never holds start-up up. In demo
+mode tiny random weights are written in the published layout and loaded by the same code (announced in the log,
+`/health` and every response's metadata).
 """
 
 from __future__ import annotations
@@ -154,10 +155,13 @@ def create_app(settings: Settings | None = None, *, demo: bool | None = None) ->
         settings.announce_queue_mode(log, "jerry")
         if settings.queue_url:
             tasks.append(asyncio.create_task(hold_resident_lease(state), name="jerry-lease"))
-        # The port opens once the first load attempt is over: listening means ready (or failed, with the reason in
-        # /health and further attempts in the background), never a half-started server.
-        if not await registry.load_standard():
-            tasks.append(asyncio.create_task(registry.retry_standard(), name="jerry-load-retry"))
+        # Listen at once and load in the background: /health says `loading` meanwhile (issue 14: a first download of
+        # the weights once outlasted gary-stack's start timeout and took the whole stack down).
+        async def load() -> None:
+            if not await registry.load_standard():
+                await registry.retry_standard()
+
+        tasks.append(asyncio.create_task(load(), name="jerry-load"))
         log.info("jerry up: model %s on %s%s", settings.jerry_model, registry.device, " [DEMO]" if settings.demo_models else "")
         try:
             yield

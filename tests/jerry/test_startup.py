@@ -3,6 +3,7 @@ still answers everything that needs no model)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,3 +91,40 @@ def test_jerry_server_console_script_demo(tmp_path: Path, jerry: JerryServer) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def test_listens_at_once_and_says_loading_while_the_model_loads(tmp_path: Path, jerry: JerryServer) -> None:
+    """A model load that takes as long as it likes (here: its config is a named pipe nobody writes yet, like a
+    first download still running) no longer keeps the port shut: /health answers 503 `loading` meanwhile."""
+    from servers import ThreadedServer
+
+    from jerry.app import create_app
+
+    settings = jerry_settings(tmp_path, demo_models=False)
+    folder = settings.local_models_dir / "stabilityai" / "stable-audio-open-small"
+    write_demo_checkpoint(folder)
+    (settings.local_models_dir / "t5-base").symlink_to(jerry.settings.local_models_dir / "t5-base")
+    config = folder / "model_config.json"
+    real = config.read_bytes()
+    config.unlink()
+    os.mkfifo(config)
+    server = ThreadedServer(create_app(settings), start_within=15).start()  # before: never started (load blocked)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            health = http.get("/health")
+            assert health.status_code == 503 and health.json()["status"] == "loading", health.text
+            assert http.get("/docs").status_code == 200
+            fd = os.open(config, os.O_WRONLY)  # the "download" finishes: the loader reads the real config
+            os.write(fd, real)
+            os.close(fd)
+            config.unlink()
+            config.write_bytes(real)
+            deadline = time.monotonic() + 60
+            while http.get("/health").status_code != 200:
+                assert time.monotonic() < deadline, http.get("/health").json()
+                time.sleep(0.2)
+    finally:
+        if config.is_fifo():  # never leave the loader blocked on the pipe
+            with contextlib.suppress(OSError):
+                os.close(os.open(config, os.O_WRONLY | os.O_NONBLOCK))
+        server.stop()
