@@ -82,6 +82,15 @@ def restore_upload(session_id: str) -> str:
     return f"gary:restore:{session_id}"
 
 
+FANOUT_PAYLOAD_TTL = 120
+
+
+def fanout_payload(payload_id: str) -> str:
+    """A large Socket.IO emit (a result's audio) parked for the other gary processes; the pub/sub message carries only
+    this key, so no subscriber's output buffer overflows (Redis drops a pub/sub client past 32 MB)."""
+    return f"gary:fanout:{payload_id}"
+
+
 def active_generations() -> str:
     """Sorted set of sessions generating now (replaces SCAN over *_generation_in_progress for throttling)."""
     return "gary:active_generations"

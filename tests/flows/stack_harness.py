@@ -101,6 +101,10 @@ def running_stack(workdir: Path, **env_overrides: str) -> Iterator[Stack]:
     ports = {name: free_port() for name in SERVICES}
     argv = [sys.executable, "-c", "import sys; from garycommon.stack import main; sys.exit(main())", "up", "--demo",
             "--data-dir", str(workdir / "data"), *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
+    # a second gary replica may join later (tests/flows/test_shared_stack_flow.py): the gateway must know its URL to
+    # call it back, as an operator adding a replica would configure it
+    ports["gary2"] = free_port()
+    env_overrides.setdefault("QUEUE_CALLBACK_HOSTS", f"http://127.0.0.1:{ports['gary2']}")
     log_path = workdir / "stack.log"
     log = log_path.open("w")
     proc = subprocess.Popen(argv, env=stack_env(**env_overrides), stdout=log, stderr=subprocess.STDOUT,
