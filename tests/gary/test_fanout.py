@@ -36,10 +36,13 @@ async def test_large_emits_reach_other_processes_and_small_ones_keep_flowing(str
     settings = Settings(redis_url=strict_redis)
     sender, receiver = (PooledRedisManager(settings, channel="fanout-test") for _ in range(2))
     received: list[dict] = []
+    all_in = asyncio.Event()
 
     async def listen() -> None:
         async for message in receiver._listen():
             received.append(json.loads(message))
+            if len(received) == 4:
+                all_in.set()
 
     task = asyncio.create_task(listen())
     try:
@@ -48,9 +51,7 @@ async def test_large_emits_reach_other_processes_and_small_ones_keep_flowing(str
         for n in range(3):
             await sender._publish({**big, "n": n})
         await sender._publish({"method": "emit", "event": "progress_update", "data": {"progress": 5}})
-        async with asyncio.timeout(20):
-            while len(received) < 4:
-                await asyncio.sleep(0.05)
+        await asyncio.wait_for(all_in.wait(), 20)
         assert [m.get("n") for m in received] == [0, 1, 2, None]
         assert all(len(m["data"]["audio_data"]) == 3 * 1024 * 1024 for m in received[:3])
         # the listener was never dropped: a single subscription served everything
