@@ -118,6 +118,8 @@ def running_stack(workdir: Path, **env_overrides: str) -> Iterator[Stack]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gary-stack did not come up in {START_SECONDS:.0f} s:\n{stack.log_tail()}")
             time.sleep(0.5)
+        for service in ("queue", "terry", "jerry", "gary"):  # listening comes first; models may still be loading
+            wait_http(stack.url(service), proc, log_path, max(10.0, deadline - time.monotonic()))
         yield stack
     finally:
         for extra in stack.extra:
@@ -157,7 +159,7 @@ def wait_http(url: str, proc: subprocess.Popen, log_path: Path, timeout: float =
         if proc.poll() is not None:
             raise RuntimeError(f"{url} exited ({proc.returncode}):\n{log_path.read_text(errors='replace')[-4000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code < 600:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:  # listening and ready (not "loading")
                 return
         except httpx.HTTPError:
             pass

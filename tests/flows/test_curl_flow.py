@@ -9,13 +9,14 @@ import io
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 import soundfile as sf
 from servers import free_port
-from stack_harness import STEP_SECONDS, Stack, Steps, stack_env, start_service, stop, wait_http, wav_bytes
+from stack_harness import MODEL, STEP_SECONDS, Stack, Steps, stack_env, start_service, stop, wait_http, wav_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -50,9 +51,10 @@ def test_curl_makes_audio_and_a_loop_with_jerry(stack: Stack, tmp_path: Path) ->
     assert len(data) / rate == pytest.approx(4 * 4 * 60 / 120, abs=0.05)  # 4 bars of 4/4 at 120 bpm = 8 s
 
 
-@pytest.mark.parametrize("service", ["terry", "jerry"])
+@pytest.mark.parametrize("service", ["terry", "jerry", "gary"])
 def test_a_service_runs_alone_without_a_gateway(service: str, stack: Stack, tmp_path: Path) -> None:
-    """`terry-server --port P` / `jerry-server --port P` with demo models and no QUEUE_URL, then a curl request."""
+    """`terry-server` / `jerry-server` / `gary-server --port P` with demo models and no QUEUE_URL (gary keeps its
+    Redis: sessions' jobs and rooms live there), then the requests a curl user sends."""
     port = free_port()
     log = tmp_path / f"{service}.log"
     env = stack_env(DEMO_MODELS="1", DATA_DIR=str(tmp_path / "data"), LOCAL_MODELS_DIR=str(tmp_path / "models"),
@@ -76,12 +78,29 @@ def test_a_service_runs_alone_without_a_gateway(service: str, stack: Stack, tmp_
             assert "error" not in body, body
             assert body["metadata"]["lease"] == "local" and body["metadata"]["variation"] == "lofi_chill"
             assert len(base64.b64decode(body["audio"])) > 100_000
-        else:
+        elif service == "jerry":
             with steps.step("generate"):
                 proc_curl = curl("-X", "POST", f"{url}/generate", "-H", "Content-Type: application/json",
                                  "-d", '{"prompt": "ambient pad", "steps": 4, "return_format": "base64"}')
             body = json.loads(proc_curl.stdout)
             assert body.get("success") is True, body
+        else:
+            (tmp_path / "body.json").write_text(json.dumps({"audio_data": base64.b64encode(wav_bytes(4.0)).decode(),
+                                                            "model_name": MODEL, "prompt_duration": 2}))
+            sid = ""
+            for n in range(1, 3):  # the second job of a session, as in gateway mode
+                with steps.step(f"process audio, then poll #{n}"):
+                    route = "process_audio" if n == 1 else "continue_music"
+                    if n == 2:
+                        (tmp_path / "body.json").write_text(json.dumps({"session_id": sid, "model_name": MODEL}))
+                    body = json.loads(curl("-X", "POST", f"{url}/api/juce/{route}", "-H",
+                                           "Content-Type: application/json", "-d", f"@{tmp_path / 'body.json'}").stdout)
+                    assert body["success"] is True, body
+                    sid = body["session_id"]
+                    while (poll := httpx.get(f"{url}/api/juce/poll_status/{sid}", timeout=10).json())["status"] != "completed":
+                        assert poll["status"] != "failed", poll
+                        time.sleep(0.25)
+                assert poll["audio_data"]
         text = log.read_text()
         assert text.count("running solo") == 1, text[-3000:]
     finally:
