@@ -113,3 +113,22 @@ def test_each_task_of_a_session_gets_its_own_notification_ids(make_gateway, sink
         assert r.status_code == 200, r.text
     ids = [x.notification_id for x in sink.received if x.body["status"] == "ready"]
     assert len(set(ids)) == 3, ids
+
+
+def test_a_sessions_next_job_is_refused_while_its_previous_job_holds_the_task(make_gateway, sink: CallbackSink,
+                                                                               http: httpx.Client) -> None:
+    """One task id per session and lane: while job A holds it, queueing job B is a clear 409 (never job A's task
+    handed back as if it were B's), re-sending A is idempotent, and B queues once A has finished."""
+    gw = make_gateway(queue_lease_ttl_seconds=30, gary_url=sink.url)
+    body = {"session_id": "s4", "task_type": "continue_music", "data": DATA, "vram_mb": 100}
+    assert http.post(f"{gw.url}/tasks", json={**body, "job_id": "job-a"}).status_code == 200
+    wait_until(lambda: sink.statuses("s4") == ["ready"], 10, "job A granted")
+    again = http.post(f"{gw.url}/tasks", json={**body, "job_id": "job-a"})
+    assert again.status_code == 200 and again.json()["job_id"] == "job-a"
+    refused = http.post(f"{gw.url}/tasks", json={**body, "job_id": "job-b"})
+    assert refused.status_code == 409 and refused.json()["code"] == "IN_PROGRESS", refused.text
+    fence = [x for x in sink.received if x.body["status"] == "ready"][-1].body["fencing_token"]
+    assert http.post(f"{gw.url}/task/status", json={"session_id": "s4", "status": "completed",
+                                                    "fencing_token": fence}).status_code == 200
+    queued = http.post(f"{gw.url}/tasks", json={**body, "job_id": "job-b"})
+    assert queued.status_code == 200 and queued.json()["job_id"] == "job-b"
