@@ -19,6 +19,7 @@ from test_gary_bad_input import Footprint, expect_error
 from garycommon.settings import Settings
 
 EVIL = base64.b64encode(hostile_wav()).decode()
+CALLBACK = "http://127.0.0.1:9"  # the callback base gary names and the tiny gateway allows
 JSON = {"content-type": "application/json"}
 
 
@@ -95,7 +96,7 @@ def tiny_gateway(redis_server: Any) -> Iterator[str]:
 
     url = redis_server.url.rsplit("/", 1)[0] + "/7"
     redis.Redis.from_url(url).flushdb()
-    server = ThreadedServer(create_app(Settings(redis_url=url, gary_url="", queue_gpus="gpu0=1", log_level="WARNING")))
+    server = ThreadedServer(create_app(Settings(redis_url=url, gary_url=CALLBACK, queue_gpus="gpu0=1", log_level="WARNING")))
     yield server.start().url
     server.stop()
 
@@ -103,7 +104,7 @@ def tiny_gateway(redis_server: Any) -> Iterator[str]:
 def test_a_bang_no_gpu_can_hold_is_a_4xx_whose_code_agrees(make_gary: Any, tiny_gateway: str) -> None:
     """gary sizes its bangs itself (vram_mb), so the gateway answers 422 UNSATISFIABLE; gary passes that on
     (it answered 500 with code BAD_REQUEST)."""
-    g = make_gary(queue_url=tiny_gateway)
+    g = make_gary(queue_url=tiny_gateway, gary_url=CALLBACK)  # the refusal comes before any callback
     with httpx.Client(base_url=g.url, timeout=30) as http:
         r = http.post("/api/juce/process_audio", json={"audio_data": wav_b64(1.0), "model_name": MODEL,
                                                         "prompt_duration": 1})
