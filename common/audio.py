@@ -29,6 +29,9 @@ MAX_SAMPLE_RATE = 384000
 # Most floats one resampling kernel may hold (16 MiB). torchaudio's sinc kernel is about out/g x (in/g + 2 x width)
 # for g = gcd(in, out), so 3001 Hz -> 32000 Hz would need ~96 M; past this budget the ratio is approximated.
 RESAMPLE_KERNEL_BUDGET = 4 * 1024 * 1024
+# Decoded samples one upload may become (256 MB as float32): more than any 16-bit file within 64 MiB holds, so only
+# 8-bit files and compressed bombs ever meet it.
+MAX_DECODED_SAMPLES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,12 @@ def decode_audio_bytes(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Aud
     if len(raw) > max_bytes:
         raise AudioError(ErrorCode.DATA_TOO_LARGE, f"audio is larger than {max_bytes // MiB} MiB")
     try:
-        data, sr = sf.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(raw)) as f:
+            # the header is judged before a sample is decoded: its rate, channels and decoded size
+            _check_header(f.samplerate, f.channels, f.frames)
+            data, sr = f.read(dtype="float32", always_2d=True), f.samplerate
+    except AudioError:
+        raise
     except Exception as sf_exc:  # soundfile raises several types; fall back to PyAV where installed
         decoded = _decode_with_av(raw)
         if decoded is None:
@@ -91,13 +99,22 @@ def decode_audio_bytes(raw: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Aud
         data, sr = decoded
     if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(ErrorCode.AUDIO_EMPTY, "audio has no samples")
-    if data.shape[1] > MAX_CHANNELS:
-        raise AudioError(ErrorCode.AUDIO_UNDECODABLE, f"audio has {data.shape[1]} channels (max {MAX_CHANNELS})")
-    check_sample_rate(sr)
+    _check_header(sr, data.shape[1], data.shape[0])
     wav = torch.from_numpy(np.ascontiguousarray(data.T))
     if not torch.isfinite(wav).all():
         wav = torch.nan_to_num(wav, nan=0.0, posinf=1.0, neginf=-1.0)
     return Audio(wav, int(sr))
+
+
+def _check_header(sr: int, channels: int, frames: int) -> None:
+    """Refuse what would be costly before paying for it: an absurd rate, too many channels, or more decoded samples
+    than MAX_DECODED_SAMPLES (a 64 MiB FLAC of silence would otherwise decode to tens of GB)."""
+    check_sample_rate(sr)
+    if channels > MAX_CHANNELS:
+        raise AudioError(ErrorCode.AUDIO_UNDECODABLE, f"audio has {channels} channels (max {MAX_CHANNELS})")
+    if frames * channels > MAX_DECODED_SAMPLES:
+        raise AudioError(ErrorCode.DATA_TOO_LARGE, f"audio decodes to {frames * channels} samples; at most "
+                         f"{MAX_DECODED_SAMPLES} are accepted (a shorter or lower-rate take fits)")
 
 
 def _decode_with_av(raw: bytes) -> tuple[np.ndarray, int] | None:
@@ -108,8 +125,17 @@ def _decode_with_av(raw: bytes) -> tuple[np.ndarray, int] | None:
     try:
         with av.open(io.BytesIO(raw)) as container:
             stream = container.streams.audio[0]
-            frames = [f.to_ndarray().astype(np.float32) for f in container.decode(stream)]
             sr = int(stream.rate)
+            check_sample_rate(sr)
+            frames, total = [], 0
+            for f in container.decode(stream):
+                chunk = f.to_ndarray().astype(np.float32)
+                total += chunk.size
+                if total > MAX_DECODED_SAMPLES:
+                    _check_header(sr, 1, total)
+                frames.append(chunk)
+    except AudioError:
+        raise
     except Exception:
         return None
     if not frames:

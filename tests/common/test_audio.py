@@ -202,3 +202,14 @@ def test_odd_ratio_resampling_fits_in_a_small_address_space() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "(2, 8002)"
+
+
+def test_a_compressed_bomb_is_refused_before_decoding() -> None:
+    """230 kB of FLAC silence that would decode to 73 M samples (0.3 GB, and a 64 MiB one to tens of GB)."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, mode="w", samplerate=8000, channels=1, format="FLAC", subtype="PCM_16") as f:
+        for _ in range(70):
+            f.write(np.zeros(1 << 20, dtype=np.int16))
+    with pytest.raises(AudioError) as caught:
+        audio.decode_audio_bytes(buf.getvalue())
+    assert caught.value.code == ErrorCode.DATA_TOO_LARGE and "samples" in caught.value.message
