@@ -45,8 +45,10 @@ def setup_logging(service: str, level: str = "INFO") -> logging.Logger:
     root = logging.getLogger()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(log_format(service)))
+    handler.gary_service = service  # type: ignore[attr-defined]  # ours: replaced when called again
     for old in list(root.handlers):
-        root.removeHandler(old)
+        if hasattr(old, "gary_service"):
+            root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for name in OWN_HANDLER_LIBRARIES:
