@@ -20,9 +20,10 @@ stand-ins when missing; xformers gets gary.musicgen.reference's stand-in.
 
 Each of our timed figures comes twice: `first` is the first 30 s generation of its batch shape (graph capture
 included; torch.compile already warmed by a short run of the same batch size), `resident` the next one (the shape's
-graph and buffers resident, as for a server's repeated requests). `--variants` also times, for the first size, the
-earlier design (SDPA per KV bucket, a graph per bucket: `legacy`) and the fused step without torch.compile, in the
-same process. `replay_ms` is one graph replay at the full 30 s length, timed by CUDA events (the step alone);
+graph and buffers resident, as for a server's repeated requests). `--variants legacy fused_no_compile
+compile_whole_step` also times, on the first size and in the same process, the earlier design (SDPA per KV bucket, a
+graph per bucket), the fused step without torch.compile, and the fused step compiled as one unit. `replay_ms` is one
+graph replay at the full 30 s length, timed by CUDA events (the step alone);
 `kernels_per_step` counts the GPU kernels one step launches (profiled outside the graph).
 """
 
@@ -43,6 +44,9 @@ from checkout import use_checkout  # bench/ is the script's folder, first on sys
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"small": (1024, 16, 24), "medium": (1536, 24, 48), "large": (2048, 32, 48)}
 PROMPT_S, DURATION_S, SHORT_S = 6.0, 30.0, 7.0
+# FastDecoder options of the variants --variants can time beside the default (fused attention, per-layer compile)
+VARIANTS: dict[str, dict[str, Any]] = {"legacy": {"fused_attention": False}, "fused_no_compile": {"compile": False},
+                                       "compile_whole_step": {"scope": "step"}}
 DESCRIPTION = "lofi hip hop beat with warm rhodes keys and dusty drums"
 # Optional audiocraft imports that MusicGen inference never calls (tokenisers, chroma, metrics, trackers, file I/O).
 OPTIONAL = ["spacy", "librosa", "av", "torchmetrics", "wandb"]
@@ -168,7 +172,7 @@ def step_figures(ours: Any) -> dict[str, Any]:
         b.synchronize()
         times.append(a.elapsed_time(b))
     times = sorted(times[10:])
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
         dec._run_step(slot.state, key)
         torch.cuda.synchronize()
     kernels = sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
@@ -267,7 +271,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4, 8])
     parser.add_argument("--ref-batches", nargs="+", type=int, default=[1])
-    parser.add_argument("--variants", action="store_true", help="also time legacy / uncompiled on the first size")
+    parser.add_argument("--variants", nargs="*", default=[], choices=sorted(VARIANTS),
+                        help="other decoders to time on the first size, in the same process")
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip remaining audiocraft runs after this")
     args = parser.parse_args()
     bootstrap()
@@ -301,12 +306,14 @@ def main() -> None:
         results["sizes"][size] = entry
         if args.variants and n == 0:
             entry["variants"] = {}
-            for label, kw in (("legacy", {"fused_attention": False}), ("fused_no_compile", {"compile": False})):
-                ours.fast = FastDecoder(ours, **kw)
+            for label in args.variants:
+                ours.fast = FastDecoder(ours, **VARIANTS[label])
                 entry["variants"][label] = time_ours(ours, [1, 8],
                                                      lambda b, r, lb=label, sz=size: print(sz, lb, b, r, flush=True))
                 save()
             ours.fast = FastDecoder(ours)
+        entry["warmup_at_load_s"] = round(ours.fast.warmup(), 2)  # what MusicGenEngine does when it loads a model
+        print(size, "warm-up at load", entry["warmup_at_load_s"], flush=True)
         try:
             entry["ours"] = time_ours(ours, args.batches, lambda b, r, sz=size: print(sz, "ours", b, r, flush=True))
         except Exception as exc:  # noqa: BLE001 - recorded; the uncompiled fused step is timed instead

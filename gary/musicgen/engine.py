@@ -107,6 +107,8 @@ class MusicGenEngine:
             from .fastpath import FastDecoder
 
             model.fast = FastDecoder(model)
+            # compile + capture now, at load, so the first request pays neither (seconds per model size)
+            log.info("%s: decode step compiled and captured in %.1f s", name, model.fast.warmup())
         return model
 
     def _resident_model(self, name: str) -> Any:

@@ -22,12 +22,15 @@ comparison in the benchmark.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
+from .conditioning import TextCondition
 from .decode_attn import decode_attention
 from .generate import (
     KV_BUCKET,
@@ -47,6 +50,8 @@ from .lm import CrossKV, Layer, LayerCache, MusicGenLM
 
 if TYPE_CHECKING:
     from .model import MusicGenModel
+
+log = logging.getLogger(__name__)
 
 SYNC_EVERY = 32
 MAX_IN_FLIGHT = 4
@@ -81,6 +86,14 @@ def step_emit(lm: MusicGenLM, x: torch.Tensor, state: DecodeState, keys: torch.T
     emit(state, lm._head(x)[:, :, 0], keys, active)
 
 
+def fused_step(lm: MusicGenLM, state: DecodeState, keys: torch.Tensor) -> None:
+    """The whole fused step as one function (compiled as one unit with scope="step")."""
+    x, pos, active = step_embed(lm, state.seq, state.pos, state.last, state.double)
+    for i, layer in enumerate(lm.transformer.layers):
+        x = step_layer(layer, x, state.cache[i], pos, state.cross[i] if state.cross is not None else None)
+    step_emit(lm, x, state, keys, active)
+
+
 @dataclass
 class _Slot:
     state: DecodeState
@@ -90,33 +103,70 @@ class _Slot:
 
 class FastDecoder:
     def __init__(self, model: MusicGenModel, fused_attention: bool = True, compile: bool = True,
-                 backend: str = "inductor") -> None:
+                 backend: str = "inductor", scope: str = "layer") -> None:
+        """`scope`: what one torch.compile unit holds: "layer" (embedding, one layer shared by all layers, sampling:
+        seconds to compile) or "step" (the whole step as one graph: longer to compile, fusion across layers)."""
         self.model = model
         self.fused_attention = fused_attention
-        self.compiled = compile and fused_attention
         self._slots: OrderedDict[tuple, _Slot] = OrderedDict()
-        if self.compiled:
-            opts = {"dynamic": True, "fullgraph": True, "backend": backend}
+        self._set_compiled(compile and fused_attention, backend, scope)
+
+    def _set_compiled(self, on: bool, backend: str = "inductor", scope: str = "layer") -> None:
+        self.compiled = on
+        self._embed, self._layer, self._emit = step_embed, step_layer, step_emit
+        self._whole = None
+        if not on:
+            return
+        # integer config (model width, heads) is static to Dynamo: each model size and the batch-1 shape compile
+        # their own small graphs; allow more than the default 8 per function
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        opts = {"dynamic": True, "fullgraph": True, "backend": backend}
+        if scope == "step":
+            self._whole = torch.compile(fused_step, **opts)
+        else:
             self._embed = torch.compile(step_embed, **opts)
             self._layer = torch.compile(step_layer, **opts)
             self._emit = torch.compile(step_emit, **opts)
-        else:
-            self._embed, self._layer, self._emit = step_embed, step_layer, step_emit
 
     def step(self, state: DecodeState) -> None:
         """One fused decode step (what the graph records)."""
+        if self._whole is not None:
+            self._whole(self.model.lm, state, self.model.keys)
+            return
         lm = self.model.lm
         x, pos, active = self._embed(lm, state.seq, state.pos, state.last, state.double)
         for i, layer in enumerate(lm.transformer.layers):
             x = self._layer(layer, x, state.cache[i], pos, state.cross[i] if state.cross is not None else None)
         self._emit(lm, x, state, self.model.keys, active)
 
+    def warmup(self) -> float:
+        """Compile and capture for batch 1 and 2 on dummy requests (a few frames each), so that the first real request
+        pays neither; returns the seconds it took. Never raises: if compiling fails, the decoder falls back to the
+        uncompiled fused step (logged) rather than failing the model load."""
+        model = self.model
+        cfg = model.lm.cfg
+        t0 = time.perf_counter()
+        for batch in (1, 2):
+            jobs = [Job(torch.zeros(cfg.n_q, 0, dtype=torch.long, device=model.device), 4,
+                        TextCondition(torch.zeros(4, cfg.dim, device=model.device), cfg.cross_attention),
+                        1.0, 250, 0.0, 3.0, i) for i in range(batch)]
+            try:
+                self.generate(jobs)
+            except Exception:  # noqa: BLE001 - any compiler failure: keep serving, uncompiled
+                self._slots.clear()
+                if not self.compiled:  # not the compiler: leave it to the first real request to report
+                    log.exception("MusicGen decode warm-up failed")
+                    break
+                log.exception("torch.compile of the MusicGen decode step failed; using the uncompiled fused step")
+                self._set_compiled(False)
+        return time.perf_counter() - t0
+
     def _key(self, jobs: list[Job]) -> tuple:
         cfg = self.model.lm.cfg
         double = cfg.cross_attention and any(j.cond.present for j in jobs)
         text = sorted({j.cond.emb.shape[0] for j in jobs}) if cfg.cross_attention else []
         return (len(jobs) * (2 if double else 1), max(j.frames for j in jobs) + cfg.max_delay + 1, double,
-                max(0, *(j.top_k for j in jobs)), any(j.top_p > 0 for j in jobs), text[-1:], len(text) > 1)
+                max(0, *(j.top_k for j in jobs)), any(j.top_p > 0 for j in jobs), tuple(text[-1:]), len(text) > 1)
 
     def _slot(self, jobs: list[Job]) -> tuple[_Slot, DecodeState, int, list[int]]:
         """The slot for this batch shape, loaded with this batch's prefilled state."""

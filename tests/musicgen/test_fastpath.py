@@ -47,12 +47,12 @@ def _fused_tokens(decoder: FastDecoder, jobs: list) -> list[torch.Tensor]:
     return [revert_sequence(state.seq[b], list(model.lm.cfg.delays), j.frames) for b, j in enumerate(jobs)]
 
 
-@pytest.mark.parametrize("backend", [None, "aot_eager"])
-def test_fused_step_gives_the_eager_tokens(engine: MusicGenEngine, backend: str | None) -> None:
+@pytest.mark.parametrize(("backend", "scope"), [(None, "layer"), ("aot_eager", "layer"), ("aot_eager", "step")])
+def test_fused_step_gives_the_eager_tokens(engine: MusicGenEngine, backend: str | None, scope: str) -> None:
     model = engine.model(MONO)
     jobs = _jobs(engine)
     eager = generate_eager(model.lm, jobs, torch.float32, model.keys)
-    decoder = FastDecoder(model, compile=backend is not None, backend=backend or "inductor")
+    decoder = FastDecoder(model, compile=backend is not None, backend=backend or "inductor", scope=scope)
     fused = _fused_tokens(decoder, jobs)
     assert [t.shape for t in fused] == [t.shape for t in eager]
     for a, b in zip(fused, eager, strict=True):
