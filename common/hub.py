@@ -82,6 +82,38 @@ def _download(
     return folder
 
 
+# Downloads in progress in this process, "repo/file" -> bytes done and total: told in /health (`loading`) and to
+# clients waiting on a model, so a first multi-GB download is visibly moving rather than silent.
+_DOWNLOADS: dict[str, dict[str, int]] = {}
+
+
+def download_progress() -> dict[str, dict[str, int]]:
+    """A copy of the running downloads' progress ({} when none)."""
+    return {name: dict(p) for name, p in _DOWNLOADS.items()}
+
+
+def _progress_class(name: str) -> type:
+    """A tqdm class for hf_hub_download that also records its progress under `name` while it runs."""
+    from tqdm.auto import tqdm
+
+    class Progress(tqdm):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            self.done = int(kwargs.get("initial") or 0)  # type: ignore[call-overload]  # own count: tqdm's stops when disabled
+            _DOWNLOADS[name] = {"done_bytes": self.done, "total_bytes": int(self.total or 0)}
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self.done += int(n or 0)
+            _DOWNLOADS[name] = {"done_bytes": self.done, "total_bytes": int(self.total or 0)}
+            return super().update(n)
+
+        def close(self) -> None:
+            _DOWNLOADS.pop(name, None)
+            super().close()
+
+    return Progress
+
+
 def fetch_file(
     repo_id: str, filename: str, settings: Settings, *, revision: str | None = None, required: bool = True
 ) -> Path | None:
@@ -98,7 +130,8 @@ def fetch_file(
     cache_dir = str(settings.hf_home / "hub") if settings.hf_home else None
     token = settings.hf_token_value
     try:
-        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token))
+        return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir, token=token,
+                                    tqdm_class=_progress_class(f"{repo_id}/{filename}")))
     except GatedRepoError as exc:
         hint = "set HF_TOKEN to a token of an account that accepted the model's licence on its hub page"
         if token:

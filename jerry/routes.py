@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from garycommon.audio import b64decode_audio
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import check_api_key
-from garycommon.hub import check_allowed, local_dir_for
+from garycommon.hub import check_allowed, download_progress, local_dir_for
 
 from .generation import Rendered
 from .models import EMPTY_PROMPTS
@@ -216,7 +216,8 @@ async def health(request: Request) -> JSONResponse:
     if reg.state == "error":
         body.update(status="error", model_loaded=False, error=reg.error)
     else:
-        body.update(status="loading", model_loaded=False, **({"last_error": reg.error} if reg.error else {}))
+        body.update(status="loading", model_loaded=False, downloads=download_progress(),  # per file: bytes done/total
+                    **({"last_error": reg.error} if reg.error else {}))
     return JSONResponse(body, status_code=503)
 
 

@@ -66,3 +66,15 @@ def test_allow_list(name: str, ok: bool) -> None:
         with pytest.raises(ModelLoadError) as info:
             check_allowed(name, s)
         assert info.value.code == ErrorCode.MODEL_NOT_ALLOWED
+
+
+def test_download_progress_is_recorded_per_file_while_it_runs() -> None:
+    """What /health (`loading`) shows during a first download: bytes done and total per file, gone once finished."""
+    from garycommon import hub
+
+    bar = hub._progress_class("stabilityai/stable-audio-open-small/model.safetensors")(total=3_400, disable=True)
+    bar.update(1_200)
+    assert hub.download_progress() == {
+        "stabilityai/stable-audio-open-small/model.safetensors": {"done_bytes": 1_200, "total_bytes": 3_400}}
+    bar.close()
+    assert hub.download_progress() == {}

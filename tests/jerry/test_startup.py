@@ -113,6 +113,7 @@ def test_listens_at_once_and_says_loading_while_the_model_loads(tmp_path: Path, 
         with httpx.Client(base_url=server.url, timeout=10) as http:
             health = http.get("/health")
             assert health.status_code == 503 and health.json()["status"] == "loading", health.text
+            assert health.json()["downloads"] == {}  # per-file progress of hub downloads (none: a local folder)
             assert http.get("/docs").status_code == 200
             fd = os.open(config, os.O_WRONLY)  # the "download" finishes: the loader reads the real config
             os.write(fd, real)
