@@ -130,6 +130,13 @@ class QueueClient:
         body = {"fencing_token": fencing_token} if fencing_token is not None else {}
         await self._request("POST", f"{lane_prefix(lane)}/tasks/{session_id}/heartbeat", json=body)
 
+    async def check_lease(self, lease_id: str, fencing_token: int) -> dict[str, Any]:
+        """Confirm with the gateway that `lease_id` is granted now under `fencing_token` (a fenced heartbeat, so it
+        also stays alive). Raises GaryError: 404 no such lease, 409 stale token / not granted."""
+        out = await self._request("POST", f"/leases/{lease_id}/heartbeat", json={"fencing_token": fencing_token})
+        assert out is not None
+        return out
+
     async def cancel(self, lane: str, session_id: str) -> None:
         """Withdraw a queued task or free a granted one (no-op when the gateway has no such task)."""
         await self._request("DELETE", f"{lane_prefix(lane)}/tasks/{session_id}", not_found_ok=True)

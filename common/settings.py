@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty = open (solo use)"
     )
+    service_key: SecretStr | None = Field(
+        None, description="Shared secret gary, jerry, terry and the gateway use between themselves (never a user key; "
+        "`gary-stack up` makes one per run; compose: set it); signs gateway callbacks; needed when API_KEYS is set"
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="Operator key for the gateway's admin routes (POST/DELETE /gpus); unset = loopback callers only"
+    )
     log_level: LogLevel = Field("INFO", description="Python logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
     max_audio_bytes: int = Field(64 * MiB, description="Largest decoded upload accepted by any service")
@@ -119,7 +126,8 @@ class Settings(BaseSettings):
     queue_callback_timeout_seconds: float = Field(5.0, gt=0, description="Queue gateway: timeout of one callback POST")
     queue_callback_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Queue gateway: hosts a task's callback_url may name (empty = GARY_URL's host and loopback)",
+        description="Queue gateway: other gary base URLs a task's callback_url may name, exactly (`http://host:port`; a "
+        "bare host means GARY_URL's scheme, port and path on that host); GARY_URL is always allowed",
     )
     queue_callback_attempts: int = Field(8, ge=1, description="Queue gateway: deliveries tried per notification")
     queue_callback_backoff_seconds: float = Field(
@@ -187,13 +195,12 @@ class Settings(BaseSettings):
         return _split_csv(value)
 
     @property
-    def callback_hosts(self) -> set[str]:
-        """Where the gateway may POST callbacks: never an arbitrary host a key holder names (no SSRF)."""
-        from urllib.parse import urlsplit
+    def callback_bases(self) -> set[str]:
+        """The only callback base URLs the gateway POSTs to (scheme, host, port and path fixed: no SSRF, no other port
+        or route on a trusted host); see garycommon.keys.callback_base for the normal form."""
+        from .keys import allowed_callback_bases
 
-        if self.queue_callback_hosts:
-            return set(self.queue_callback_hosts)
-        return {h for h in (urlsplit(self.gary_url).hostname, "127.0.0.1", "localhost", "::1") if h}
+        return allowed_callback_bases(self.gary_url, self.queue_callback_hosts)
 
     @property
     def queue_mode(self) -> str:
@@ -204,6 +211,9 @@ class Settings(BaseSettings):
         """One start-up line saying how this service shares the GPU (the operator's first question)."""
         if self.queue_url:
             log.info("%s: GPU queue gateway at %s (VRAM leases, shared GPU)", service, self.queue_url)
+            if self.api_keys and self.service_key is None:
+                log.error("%s: API_KEYS is set but SERVICE_KEY is not: the gateway will refuse this service; set the "
+                          "same SERVICE_KEY on every service (docs/security.md)", service)
         else:
             log.info("%s: running solo: QUEUE_URL is empty, so no gateway and no leases; one job on the GPU at a "
                      "time", service)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -141,6 +142,9 @@ def up(args: argparse.Namespace, settings: Settings) -> int:
         TERRY_URL=f"http://127.0.0.1:{args.terry_port}",
         JERRY_URL=f"http://127.0.0.1:{args.jerry_port}",
         PYTHONUNBUFFERED="1",
+        # the services' own credential with each other (gateway limits never count it; callbacks are signed with
+        # it); a fresh one per run unless the operator set one (docs/security.md)
+        SERVICE_KEY=env.get("SERVICE_KEY") or secrets.token_urlsafe(32),
     )
     Path(env["TRANSFER_DIR"]).mkdir(parents=True, exist_ok=True)
     if demo:

@@ -27,6 +27,7 @@ from garycommon.redisconn import connect as connect_redis
 from garycommon.settings import Settings, get_settings
 
 from . import console, events, routes_juce, routes_misc
+from .auth import KeyGate
 from .catalog import all_model_names
 from .context import GaryContext
 from .dispatch import Dispatcher, GatewayDispatcher, SoloDispatcher
@@ -54,7 +55,7 @@ def _engine_factory(settings: Settings) -> Any:
     return make
 
 
-def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
+def create_app(settings: Settings | None = None) -> KeyGate:
     settings = settings or get_settings()
     if settings.demo_models and settings.local_models_dir is None:
         settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "demo-models"})
@@ -133,5 +134,7 @@ def create_app(settings: Settings | None = None) -> socketio.ASGIApp:
     api.include_router(routes_misc.router)
     api.include_router(console.router)  # the web console at `/`
     events.register(sio, ctx)
-    return socketio.ASGIApp(sio, other_asgi_app=BodyLimit(
-        api, HTTP_BODY_LIMIT, f"Request body is larger than {HTTP_BODY_LIMIT // (1024 * 1024)} MiB"), socketio_path="socket.io")
+    # KeyGate outermost: a key in the URL (/k/<key>/..., ?api_key=) becomes X-API-Key before routing or logging
+    return KeyGate(socketio.ASGIApp(sio, other_asgi_app=BodyLimit(
+        api, HTTP_BODY_LIMIT, f"Request body is larger than {HTTP_BODY_LIMIT // (1024 * 1024)} MiB"), socketio_path="socket.io"),
+        settings)

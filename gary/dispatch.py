@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from garycommon.errors import GaryError
+from garycommon.keys import secret
 from garycommon.queueclient import QueueClient
 from garycommon.settings import Settings
 
@@ -48,7 +49,8 @@ class GatewayDispatcher:
     def __init__(self, settings: Settings, vram_for: Callable[[str], int | None]) -> None:
         self.settings = settings
         self.vram_for = vram_for
-        self.client = QueueClient(settings.queue_url, api_key=settings.api_keys[0] if settings.api_keys else None)
+        # gary's own credential, never a user key: user limits count the end client it forwards as client_key
+        self.client = QueueClient(settings.queue_url, api_key=secret(settings.service_key))
 
     async def start(self, run: RunJob) -> None:
         """Nothing to run here: `ready` callbacks start jobs."""

@@ -21,9 +21,10 @@ from redis.exceptions import RedisError
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.redisconn import client_error
 
+from .auth import fairness_key, refusal, socket_key, user_key_ok
 from .context import GaryContext
 from .notifications import error_payload
-from .operations import Caller, client_key
+from .operations import Caller
 from .payloads import (
     RESTORE_CHUNK_SIZE,
     ChunkRequest,
@@ -92,8 +93,13 @@ def register(sio: socketio.AsyncServer, ctx: GaryContext) -> None:
 
     @sio.event
     async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        key = socket_key(environ, auth)
+        if ctx.settings.api_keys and not user_key_ok(ctx.settings, key):
+            # refused handshake: the client's connect_error carries this message (no event is ever handled)
+            raise socketio.exceptions.ConnectionRefusedError(refusal(key))
         forwarded = str(environ.get("HTTP_X_FORWARDED_FOR") or "").split(",")[0].strip()
-        await sio.save_session(sid, {"client_key": client_key(forwarded or environ.get("REMOTE_ADDR"))})
+        await sio.save_session(sid, {"client_key": fairness_key(ctx.settings, key,
+                                                                forwarded or environ.get("REMOTE_ADDR"))})
 
     async def caller(sid: str) -> Caller:
         session = await sio.get_session(sid)

@@ -13,9 +13,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.keys import presented_key
 
+from .auth import fairness_key
 from .context import GaryContext
-from .operations import Accepted, Caller, client_key
+from .operations import Accepted, Caller
 from .payloads import (
     ContinueRequest,
     CropRequest,
@@ -35,8 +37,10 @@ def _ctx(request: Request) -> GaryContext:
 
 
 def _caller(request: Request) -> Caller:
+    """The queue's fairness key: the client's API key (KeyGate has checked it), else its address."""
     forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
-    return Caller(None, client_key(forwarded or (request.client.host if request.client else None)))
+    address = forwarded or (request.client.host if request.client else None)
+    return Caller(None, fairness_key(_ctx(request).settings, presented_key(request.headers), address))
 
 
 async def _body(request: Request) -> Any:

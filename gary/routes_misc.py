@@ -20,6 +20,7 @@ from garycommon.errors import GaryError
 from garycommon.httpapp import check_api_key
 
 from . import catalog
+from .auth import notification_refused
 from .context import GaryContext
 from .notifications import queue_status_payload
 from .sessions import check_session_id
@@ -63,8 +64,13 @@ async def health(request: Request) -> JSONResponse:
 async def task_notification(request: Request) -> JSONResponse:
     """The gateway's callback. Each X-Notification-ID is handled once; `ready` starts the job once per job."""
     ctx = _ctx(request)
+    raw = await request.body()
+    refused = notification_refused(ctx.settings, request, raw)
+    if refused is not None:
+        log.warning("refused a task notification from %s: %s", request.client.host if request.client else "?", refused)
+        return JSONResponse({"status": "error", "message": refused}, status_code=401)
     try:
-        data = json.loads(await request.body() or b"null")
+        data = json.loads(raw or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):

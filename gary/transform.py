@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.keys import secret
 from garycommon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class TerryClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.url = settings.terry_url.rstrip("/") + "/transform"
-        headers = {"X-API-Key": settings.api_keys[0]} if settings.api_keys else {}
+        service_key = secret(settings.service_key)  # gary -> terry is service to service, never a user's key
+        headers = {"X-API-Key": service_key} if service_key else {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(settings.gary_terry_timeout_seconds, connect=10.0),
                                        headers=headers)
 

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from garycommon.docs_assets import install_offline_docs
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import install_error_handlers
+from garycommon.keys import secret
 from garycommon.metrics import install_metrics
 from garycommon.settings import Settings, get_settings
 
@@ -110,7 +111,8 @@ async def hold_resident_lease(state: JerryState) -> None:
         state.lease = {"state": "unavailable", "error": "garycommon.queueclient is not installed"}
         return
     delay = 2.0
-    client = QueueClient(settings.queue_url, api_key=settings.api_keys[0] if settings.api_keys else None)
+    # the service credential: a resident lease must never count against (and fill) a user's key
+    client = QueueClient(settings.queue_url, api_key=secret(settings.service_key))
     try:
         while True:
             try:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from garycommon.audio import Audio
 from garycommon.errors import ErrorCode, GaryError
-from garycommon.httpapp import check_api_key
+from garycommon.keys import caller, key_identity
 
 from . import audio_io
 from .presets import CUSTOM, DEFAULT_FLOWSTEP, EULER_STEPS, MIDPOINT_STEPS, PRESETS, resolve_prompt
@@ -37,7 +37,7 @@ async def transform(request: Request) -> dict[str, Any]:
     Parsing, decoding, resampling and encoding run on worker threads (never the event loop, never the model thread,
     so they neither stall /health nor queue behind the next transform)."""
     svc = _service(request)
-    check_api_key(request, svc.settings.api_keys)
+    who = caller(request, svc.settings.api_keys, svc.settings.service_key, admin_key=svc.settings.admin_key)
     raw = await _read_body(request, _body_limit(svc.settings.max_audio_bytes))
     req = parse_transform(await asyncio.to_thread(_parse_json, raw))
     del raw
@@ -60,6 +60,7 @@ async def transform(request: Request) -> dict[str, Any]:
         seed=req.seed,
         lease_id=req.lease_id,
         fencing_token=req.fencing_token,
+        client_key=key_identity(who.key) if who.key and not who.service else None,
     )
     progress = TransformProgress(session_id, svc.status_store, svc.emitter)
     started = time.monotonic()

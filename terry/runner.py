@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from garycommon.audio import resample
-from garycommon.errors import GaryError
+from garycommon.errors import ErrorCode, GaryError
 from garycommon.metrics import TERRY_TRANSFORM_SECONDS
 from garycommon.settings import Settings
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ESTIMATE_S = 30.0  # the original stack's default wait estimate before anything was measured
 LEASE_NOTICE_AFTER_S = 1.0
+TASK_LEASE = re.compile(r"transform:[A-Za-z0-9_.-]{1,128}")
 
 
 @dataclass
@@ -48,6 +50,7 @@ class TransformJob:
     seed: int | None = None
     lease_id: str | None = None
     fencing_token: int | str | None = None
+    client_key: str | None = None  # the end client's fairness key for terry's own lease (never terry's key)
 
 
 @dataclass
@@ -122,11 +125,12 @@ class TransformRunner:
 
     @contextlib.asynccontextmanager
     async def _gpu_slot(self, job: TransformJob, progress: TransformProgress) -> AsyncIterator[str]:
-        if job.lease_id:
+        if job.lease_id and self.queue is not None:
+            await self._check_task_lease(job)
             log.info("transform %s runs under gary's lease %s (fencing %s)", job.session_id, job.lease_id, job.fencing_token)
             yield "task"
             return
-        if self.queue is None:
+        if self.queue is None:  # solo: nothing to check a named lease with, and no other service to share with
             yield "local"
             return
         notice = asyncio.create_task(self._lease_notice(job, progress))
@@ -137,11 +141,30 @@ class TransformRunner:
                 owner=f"terry:{job.session_id}",
                 vram_mb=self.settings.terry_vram_mb,
                 wait_timeout=self.settings.terry_lease_wait_seconds,
+                client_key=job.client_key,
             ):
                 notice.cancel()
                 yield "gateway"
         finally:
             notice.cancel()
+
+    async def _check_task_lease(self, job: TransformJob) -> None:
+        """Run under a caller-named lease only if the gateway says it is granted now with that fencing token: a
+        made-up or finished lease_id would otherwise skip the queue (and run beside the task that holds the GPU)."""
+        token = job.fencing_token
+        if isinstance(token, str) and token.isdigit():
+            token = int(token)
+        lease_id = job.lease_id or ""
+        if not isinstance(token, int) or not TASK_LEASE.fullmatch(lease_id):
+            raise GaryError(ErrorCode.BAD_REQUEST, "lease_id must name a transform lease (transform:<session>) and "
+                            "come with its integer fencing_token", http_status=409)
+        try:
+            await self.queue.check_lease(lease_id, token)
+        except GaryError as err:
+            if err.http_status not in (404, 409):
+                raise  # gateway unreachable or busy: its own 503/429
+            raise GaryError(ErrorCode.BAD_REQUEST, f"lease {lease_id} is not granted with fencing token {token}; "
+                            "not running under it", http_status=409, details={"reason": "lease_not_held"}) from err
 
     async def _lease_notice(self, job: TransformJob, progress: TransformProgress) -> None:
         """Tell the room why nothing moves when the gateway makes us wait for GPU memory."""

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from garycommon.devices import pick_device
+from garycommon.keys import secret
 from garycommon.progress import Emitter, RedisRoomEmitter, StatusStore
 from garycommon.settings import Settings
 
@@ -80,8 +81,8 @@ class TerryService:
         if settings.queue_url:
             from garycommon.queueclient import QueueClient
 
-            keys = settings.api_keys
-            queue = QueueClient(settings.queue_url, api_key=keys[0] if keys else None)
+            # terry's own credential: its leases never count against (and fill) a user's key
+            queue = QueueClient(settings.queue_url, api_key=secret(settings.service_key))
         return cls(settings, loader=loader, redis=redis, emitter=emitter, queue=queue)
 
     @property

@@ -9,6 +9,7 @@ The architecture is read from the config, never assumed, so fine-tunes and other
 
 from __future__ import annotations
 
+import logging
 import pickle
 import typing
 from collections import OrderedDict, defaultdict
@@ -19,8 +20,10 @@ from typing import Any
 import torch
 
 from garycommon.errors import ErrorCode, ModelLoadError
+from garycommon.safeconfig import plain_config
 from garycommon.textenc import T5_DIMS
 
+log = logging.getLogger(__name__)
 LM_FILE = "state_dict.bin"
 COMPRESSION_FILE = "compression_state_dict.bin"
 
@@ -57,22 +60,19 @@ def load_pickle(path: Path) -> dict[str, Any]:
 
 def config_dict(pkg: dict[str, Any], what: str) -> dict[str, Any]:
     """`xp.cfg` (YAML string, or a pickled DictConfig in older exports) as a resolved plain dict."""
-    from omegaconf import DictConfig, OmegaConf
-
     raw = pkg.get("xp.cfg")
     if raw is None:
         raise ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"{what} has no xp.cfg: not an audiocraft export")
-    cfg = raw if isinstance(raw, DictConfig) else OmegaConf.create(raw)
-    try:
-        out = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as exc:  # omegaconf raises its own error family on bad interpolations
-        raise ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"{what}: unreadable xp.cfg ({exc})") from exc
-    assert isinstance(out, dict)
-    return out
+    return plain_config(raw, what)  # resolvers off: a hub config never reads this server's environment
 
 
-def _unsupported(what: str) -> ModelLoadError:
-    return ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"unsupported MusicGen checkpoint: {what}")
+def _unsupported(what: str, *values: Any) -> ModelLoadError:
+    """The client hears which part is unsupported, never the config's value (it may be anything the repo's author
+    wrote); the operator finds the value in the log."""
+    if values:
+        log.warning("unsupported MusicGen checkpoint: %s: %s", what, ", ".join(repr(v)[:200] for v in values))
+    return ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"unsupported MusicGen checkpoint: {what}"
+                          + (" (the server log has the value)" if values else ""))
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ class CompressionConfig:
 
 def compression_config(cfg: dict[str, Any]) -> CompressionConfig:
     if cfg.get("compression_model", "encodec") != "encodec":
-        raise _unsupported(f"compression model {cfg.get('compression_model')!r}")
+        raise _unsupported("compression model", cfg.get('compression_model'))
     enc = dict(cfg["encodec"])
     if enc.get("autoencoder", "seanet") != "seanet" or enc.get("quantizer", "rvq") != "rvq":
         raise _unsupported("EnCodec without SEANet + RVQ")
@@ -131,7 +131,7 @@ def compression_config(cfg: dict[str, Any]) -> CompressionConfig:
     enc_over = seanet.pop("encoder", None) or {}
     dec_over = seanet.pop("decoder", None) or {}
     if seanet.get("norm", "weight_norm") not in ("weight_norm", "none"):
-        raise _unsupported(f"SEANet norm {seanet.get('norm')!r}")
+        raise _unsupported("SEANet norm", seanet.get('norm'))
 
     def build(over: dict[str, Any]) -> SeanetConfig:
         merged = {**seanet, **over}
@@ -209,7 +209,7 @@ class LMConfig:
 def lm_config(cfg: dict[str, Any]) -> LMConfig:
     """Parse the LM part of `xp.cfg`; anything this engine cannot reproduce exactly is refused by name."""
     if cfg.get("lm_model", "transformer_lm") != "transformer_lm":
-        raise _unsupported(f"lm_model {cfg.get('lm_model')!r}")
+        raise _unsupported("lm_model", cfg.get('lm_model'))
     tlm = dict(cfg["transformer_lm"])
     n_q = int(tlm["n_q"])
     pattern = dict(cfg.get("codebooks_pattern") or {})
@@ -222,26 +222,26 @@ def lm_config(cfg: dict[str, Any]) -> LMConfig:
     elif modeling == "parallel":
         delays = (0,) * n_q
     else:
-        raise _unsupported(f"codebooks pattern {modeling!r}")
+        raise _unsupported("codebooks pattern", modeling)
     if len(delays) != n_q or list(delays) != sorted(delays):
-        raise _unsupported(f"delays {delays} for n_q={n_q}")
+        raise _unsupported("delays for this number of codebooks", delays, n_q)
     if tlm.get("positional_embedding", "sin") != "sin":
-        raise _unsupported(f"positional embedding {tlm.get('positional_embedding')!r}")
+        raise _unsupported("positional embedding", tlm.get('positional_embedding'))
     for flag in ("qk_layer_norm", "qk_layer_norm_cross"):
         if tlm.get(flag):
             raise _unsupported(flag)
     if int(tlm.get("kv_repeat", 1)) != 1 or tlm.get("past_context") is not None or not tlm.get("causal", True):
         raise _unsupported("kv_repeat/past_context/non-causal LM")
     if tlm.get("norm", "layer_norm") != "layer_norm":
-        raise _unsupported(f"norm {tlm.get('norm')!r}")
+        raise _unsupported("norm", tlm.get('norm'))
     activation = str(tlm.get("activation", "gelu"))
     if activation not in ("gelu", "relu"):
-        raise _unsupported(f"activation {activation!r}")
+        raise _unsupported("activation", activation)
 
     fuser = dict(cfg.get("fuser") or {})
     for op in ("sum", "prepend", "input_interpolate"):
         if fuser.get(op):
-            raise _unsupported(f"conditions fused by {op!r} ({fuser[op]}): only text cross-attention is supported")
+            raise _unsupported("conditions fused by: only text cross-attention is supported", op, fuser[op])
     cross = list(fuser.get("cross") or [])
     conditioners = dict(cfg.get("conditioners") or {})
     t5_name: str | None = None
@@ -250,15 +250,15 @@ def lm_config(cfg: dict[str, Any]) -> LMConfig:
             continue
         model = cond.get("model")
         if model != "t5" or name != "description":
-            raise _unsupported(f"conditioner {name!r} ({model}): only the T5 description conditioner is supported")
+            raise _unsupported("conditioner: only the T5 description conditioner is supported", name, model)
         t5 = dict(cond["t5"])
         if t5.get("normalize_text"):
             raise _unsupported("T5 normalize_text")
         t5_name = str(t5["name"])
     if cross and cross != ["description"]:
-        raise _unsupported(f"cross-attention conditions {cross}")
+        raise _unsupported("cross-attention conditions", cross)
     if t5_name is not None and t5_name not in T5_DIMS:
-        raise _unsupported(f"text encoder {t5_name!r}")
+        raise _unsupported("text encoder", t5_name)
 
     stereo = dict(cfg.get("interleave_stereo_codebooks") or {})
     if stereo.get("use") and stereo.get("per_timestep"):

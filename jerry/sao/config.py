@@ -6,14 +6,21 @@ not implement are rejected here with a clear message instead of producing wrong 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from garycommon.errors import ErrorCode, ModelLoadError
 
+log = logging.getLogger(__name__)
 
-def _fail(message: str) -> ModelLoadError:
-    return ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"unsupported model_config.json: {message}")
+
+def _fail(message: str, *values: Any) -> ModelLoadError:
+    """Clients hear which option is unsupported, never the config's value; the operator finds it in the log."""
+    if values:
+        log.warning("unsupported model_config.json: %s: %s", message, ", ".join(repr(v)[:200] for v in values))
+    return ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"unsupported model_config.json: {message}"
+                          + (" (the server log has the value)" if values else ""))
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,7 @@ _DIT_DEFAULTS_ONLY = {"patch_size": 1, "global_cond_type": "prepend", "input_con
 
 def _oobleck(section: dict[str, Any], *, encoder: bool) -> OobleckConfig:
     if section.get("type") != "oobleck":
-        raise _fail(f"autoencoder {'encoder' if encoder else 'decoder'} type {section.get('type')!r} (only 'oobleck')")
+        raise _fail(f"autoencoder {'encoder' if encoder else 'decoder'} type (only 'oobleck')", section.get('type'))
     cfg = section.get("config", {})
     if cfg.get("antialias_activation") or cfg.get("use_nearest_upsample"):
         raise _fail("oobleck antialias_activation / use_nearest_upsample are not implemented")
@@ -124,7 +131,7 @@ def _oobleck(section: dict[str, Any], *, encoder: bool) -> OobleckConfig:
 
 def _vae(pre: dict[str, Any]) -> VAEConfig:
     if pre.get("type") != "autoencoder":
-        raise _fail(f"pretransform type {pre.get('type')!r} (only 'autoencoder')")
+        raise _fail("pretransform type (only 'autoencoder')", pre.get('type'))
     if pre.get("chunked"):
         raise _fail("chunked pretransform decoding is not implemented")
     ae = pre.get("config", {})
@@ -132,7 +139,7 @@ def _vae(pre: dict[str, Any]) -> VAEConfig:
         raise _fail("nested pretransforms are not implemented")
     bottleneck = (ae.get("bottleneck") or {}).get("type")
     if bottleneck not in (None, "vae"):
-        raise _fail(f"bottleneck {bottleneck!r} (only 'vae')")
+        raise _fail("bottleneck (only 'vae')", bottleneck)
     enc, dec = _oobleck(ae["encoder"], encoder=True), _oobleck(ae["decoder"], encoder=False)
     return VAEConfig(
         encoder=enc, decoder=dec, latent_dim=int(ae["latent_dim"]), downsampling_ratio=int(ae["downsampling_ratio"]),
@@ -143,18 +150,18 @@ def _vae(pre: dict[str, Any]) -> VAEConfig:
 
 def _dit(diffusion: dict[str, Any]) -> DiTConfig:
     if diffusion.get("type") != "dit":
-        raise _fail(f"diffusion type {diffusion.get('type')!r} (only 'dit')")
+        raise _fail("diffusion type (only 'dit')", diffusion.get('type'))
     cfg = dict(diffusion.get("config", {}))
     unknown = set(cfg) - _DIT_KEYS
     if unknown:
-        raise _fail(f"DiT options {sorted(unknown)} are not implemented")
+        raise _fail("DiT options are not implemented", sorted(unknown))
     for key, default in _DIT_DEFAULTS_ONLY.items():
         if cfg.get(key, default) != default:
-            raise _fail(f"DiT option {key}={cfg[key]!r} is not implemented (only {default!r})")
+            raise _fail(f"DiT option {key} is not implemented (only {default!r})", cfg[key])
     attn = dict(cfg.get("attn_kwargs") or {})
     qk_norm = attn.pop("qk_norm", "none")
     if attn or qk_norm not in ("ln", "l2", "none"):
-        raise _fail(f"attention options {attn or {'qk_norm': qk_norm}} are not implemented")
+        raise _fail("attention options are not implemented", attn or {'qk_norm': qk_norm})
     return DiTConfig(
         io_channels=int(cfg.get("io_channels", 32)), embed_dim=int(cfg.get("embed_dim", 768)),
         depth=int(cfg.get("depth", 12)), num_heads=int(cfg.get("num_heads", 8)),
@@ -167,12 +174,12 @@ def _dit(diffusion: dict[str, Any]) -> DiTConfig:
 def parse_config(raw: dict[str, Any]) -> SAOConfig:
     """Validate and flatten a `diffusion_cond` model config (stable-audio-tools layout)."""
     if raw.get("model_type") != "diffusion_cond":
-        raise _fail(f"model_type {raw.get('model_type')!r} (only 'diffusion_cond')")
+        raise _fail("model_type (only 'diffusion_cond')", raw.get('model_type'))
     model = raw["model"]
     diffusion = model["diffusion"]
     objective = diffusion.get("diffusion_objective", "v")
     if objective not in ("rf_denoiser", "rectified_flow"):
-        raise _fail(f"diffusion_objective {objective!r} (only rectified-flow models: rf_denoiser, rectified_flow)")
+        raise _fail("diffusion_objective (only rectified-flow models: rf_denoiser, rectified_flow)", objective)
     if diffusion.get("input_concat_ids") or diffusion.get("prepend_cond_ids") or diffusion.get("distribution_shift_options"):
         raise _fail("input_concat / prepend conditioning and distribution shift are not implemented")
     conditioning = model.get("conditioning") or {"configs": [], "cond_dim": 0}
@@ -188,7 +195,7 @@ def parse_config(raw: dict[str, Any]) -> SAOConfig:
             conds.append(ConditionerConfig(item["id"], "number", min_val=float(cfg.get("min_val", 0)),
                                            max_val=float(cfg.get("max_val", 1))))
         else:
-            raise _fail(f"conditioner type {kind!r} (only 't5' and 'number')")
+            raise _fail("conditioner type (only 't5' and 'number')", kind)
     out = SAOConfig(
         sample_rate=int(raw["sample_rate"]), sample_size=int(raw["sample_size"]),
         audio_channels=int(raw.get("audio_channels", 2)), objective=objective, cond_dim=int(conditioning["cond_dim"]),
@@ -198,9 +205,9 @@ def parse_config(raw: dict[str, Any]) -> SAOConfig:
     ids = {c.id for c in out.conditioners}
     missing = [i for i in (*out.cross_attn_ids, *out.global_ids) if i not in ids]
     if missing:
-        raise _fail(f"conditioning ids {missing} have no conditioner")
+        raise _fail("conditioning ids have no conditioner", missing)
     if len(out.global_ids) > 1 or any(out.conditioner(i).type != "number" for i in out.global_ids):
         raise _fail("only one number conditioner as global conditioning is implemented")
     if out.dit.io_channels != out.vae.latent_dim:
-        raise _fail(f"DiT io_channels {out.dit.io_channels} != autoencoder latent_dim {out.vae.latent_dim}")
+        raise _fail("DiT io_channels differ from the autoencoder latent_dim", out.dit.io_channels, out.vae.latent_dim)
     return out

@@ -22,13 +22,13 @@ from starlette.types import Message, Receive, Scope, Send
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.httpapp import (
     BodyLimit,
-    check_api_key,
     declared_length,
     default_error_body,
     install_error_handlers,
     json_problem,
     replaying,
 )
+from garycommon.keys import Who, caller, require_admin
 from garycommon.redisconn import client_error, pool_exhausted
 from garycommon.settings import Settings, get_settings
 
@@ -38,7 +38,7 @@ from .models import EnqueueRequest, GpuId, GpuRequest, HeartbeatRequest, LeaseRe
 log = logging.getLogger(__name__)
 GENERATION = "generation"
 # a hot route: validates (raising as the FastAPI route would) and returns the gateway call to make
-Route = Callable[[dict[str, Any], str | None, str], Callable[[], Awaitable[dict[str, Any]]]]
+Route = Callable[[dict[str, Any], Who, str], Callable[[], Awaitable[dict[str, Any]]]]
 
 
 async def _no_receive() -> Message:
@@ -55,10 +55,10 @@ class HotRoutes:
     every refusal is the routes' or BodyLimit's.
     """
 
-    def __init__(self, app: FastAPI, gateway: Gateway, keys: list[str], limit: int) -> None:
+    def __init__(self, app: FastAPI, gateway: Gateway, settings: Settings, limit: int) -> None:
         self.app = app
         self.gateway = gateway
-        self.keys = keys
+        self.settings = settings
         self.limit = limit
 
     def route_for(self, scope: Scope) -> Route | None:
@@ -98,8 +98,8 @@ class HotRoutes:
             return None  # the app's JsonGuard answers over-deep or non-finite JSON
         try:
             data = json.loads(body)
-            key = check_api_key(request, self.keys)
-            call = route(data, key, path) if isinstance(data, dict) else None
+            who = caller(request, self.settings.api_keys, self.settings.service_key, admin_key=self.settings.admin_key)
+            call = route(data, who, path) if isinstance(data, dict) else None
         except (ValueError, GaryError):  # pydantic's ValidationError is a ValueError
             return None
         if call is None:
@@ -113,11 +113,11 @@ class HotRoutes:
             handler = next(handlers[cls] for cls in type(exc).__mro__ if cls in handlers)
             return await handler(request, exc)
 
-    def _acquire(self, data: dict[str, Any], key: str | None, _: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+    def _acquire(self, data: dict[str, Any], who: Who, _: str) -> Callable[[], Awaitable[dict[str, Any]]]:
         body = LeaseRequest.model_validate(data)
-        return lambda: self.gateway.enqueue(body.lane, body, api_key=key, style="lease")
+        return lambda: self.gateway.enqueue(body.lane, body, who=who, style="lease")
 
-    def _release(self, data: dict[str, Any], _: str | None, path: str) -> Callable[[], Awaitable[dict[str, Any]]]:
+    def _release(self, data: dict[str, Any], _: Who, path: str) -> Callable[[], Awaitable[dict[str, Any]]]:
         body = ReleaseRequest.model_validate(data)
         lane, sid = self.gateway.parse_lease_id(path[len("/leases/"):-len("/release")])
         return lambda: self.gateway.set_status(lane, sid, body.outcome, fence=body.fencing_token, error=body.error,
@@ -170,13 +170,17 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         return JSONResponse(default_error_body(err), status_code=503, headers={"Retry-After": "1"})
 
     limit = settings.queue_max_body_bytes
-    app.hot = HotRoutes(app, gateway, settings.api_keys, limit)
+    app.hot = HotRoutes(app, gateway, settings, limit)
     app.add_middleware(BodyLimit, limit=limit,  # added last: runs first
                        message=f"request body over {limit} bytes (tasks carry parameters, never audio)")
 
-    async def api_key(request: Request) -> str | None:
+    async def api_key(request: Request) -> Who:
         # async on purpose: FastAPI would run a plain function in its thread pool, a thread hop per request
-        return check_api_key(request, settings.api_keys)
+        return caller(request, settings.api_keys, settings.service_key, admin_key=settings.admin_key)
+
+    async def admin(request: Request) -> None:
+        """Changing the GPUs is the operator's: ADMIN_KEY, or loopback when none is set (never a friend's key)."""
+        require_admin(request, settings.admin_key)
 
     # --- operations --------------------------------------------------------------------------------------------
     @app.get("/health")
@@ -188,45 +192,44 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         return PlainTextResponse(await gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/queue")
-    async def queue(_: str | None = Depends(api_key)) -> JSONResponse:
+    async def queue(_: Who = Depends(api_key)) -> JSONResponse:
         return JSONResponse(await gateway.snapshot())
 
     @app.post("/gpus")
-    async def register_gpu(body: GpuRequest, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def register_gpu(body: GpuRequest, _: None = Depends(admin)) -> JSONResponse:
         return JSONResponse(await gateway.register_gpu(body.gpu_id, body.capacity_mb))
 
     @app.delete("/gpus/{gpu_id:path}")
-    async def drain_gpu(gpu_id: Annotated[GpuId, Path()],
-                        _: str | None = Depends(api_key)) -> JSONResponse:
+    async def drain_gpu(gpu_id: Annotated[GpuId, Path()], _: None = Depends(admin)) -> JSONResponse:
         return JSONResponse(await gateway.register_gpu(gpu_id, 0))
 
     # --- lease API (our own workers) -----------------------------------------------------------------------------
     @app.post("/leases")
-    async def acquire(body: LeaseRequest, key: str | None = Depends(api_key)) -> JSONResponse:
-        return JSONResponse(await gateway.enqueue(body.lane, body, api_key=key, style="lease"))
+    async def acquire(body: LeaseRequest, who: Who = Depends(api_key)) -> JSONResponse:
+        return JSONResponse(await gateway.enqueue(body.lane, body, who=who, style="lease"))
 
     @app.get("/leases/{lease_id}")
     async def lease_state(lease_id: str, wait: float = Query(0.0, ge=0, le=30),
-                          _: str | None = Depends(api_key)) -> JSONResponse:
+                          _: Who = Depends(api_key)) -> JSONResponse:
         return JSONResponse(await gateway.wait(lease_id, wait))
 
     @app.post("/leases/{lease_id}/heartbeat")
     async def lease_heartbeat(lease_id: str, body: HeartbeatRequest | None = None,
-                              _: str | None = Depends(api_key)) -> JSONResponse:
+                              _: Who = Depends(api_key)) -> JSONResponse:
         lane, sid = gateway.parse_lease_id(lease_id)
         return JSONResponse(await gateway.heartbeat(lane, sid, body.fencing_token if body else None))
 
     @app.post("/leases/{lease_id}/release")
     async def release(lease_id: str, body: ReleaseRequest | None = None,
-                      _: str | None = Depends(api_key)) -> JSONResponse:
+                      _: Who = Depends(api_key)) -> JSONResponse:
         body = body or ReleaseRequest()
         lane, sid = gateway.parse_lease_id(lease_id)
         return JSONResponse(await gateway.set_status(lane, sid, body.outcome, fence=body.fencing_token,
                                                      error=body.error, peak_mb=body.peak_vram_mb))
 
     # --- compatible task routes ----------------------------------------------------------------------------------
-    async def _enqueue(lane: str, body: EnqueueRequest, key: str | None) -> JSONResponse:
-        return JSONResponse(await gateway.enqueue(lane, body, api_key=key, style="compat"))
+    async def _enqueue(lane: str, body: EnqueueRequest, who: Who) -> JSONResponse:
+        return JSONResponse(await gateway.enqueue(lane, body, who=who, style="compat"))
 
     async def _status(lane: str, body: StatusRequest) -> JSONResponse:
         return JSONResponse(await gateway.set_status(lane, body.session_id, body.status, fence=body.fencing_token,
@@ -239,45 +242,45 @@ def create_app(settings: Settings | None = None, *, freeze_heap: bool = False) -
         return JSONResponse(await gateway.set_status(lane, sid, "cancelled", error="cancelled by the caller"))
 
     @app.post("/tasks")
-    async def enqueue(body: EnqueueRequest, key: str | None = Depends(api_key)) -> JSONResponse:
-        return await _enqueue(GENERATION, body, key)
+    async def enqueue(body: EnqueueRequest, who: Who = Depends(api_key)) -> JSONResponse:
+        return await _enqueue(GENERATION, body, who)
 
     @app.get("/tasks/{session_id}")
-    async def task(session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def task(session_id: str, _: Who = Depends(api_key)) -> JSONResponse:
         return JSONResponse(await gateway.get(GENERATION, session_id, "compat", poll=True))
 
     @app.delete("/tasks/{session_id}")
-    async def cancel(session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def cancel(session_id: str, _: Who = Depends(api_key)) -> JSONResponse:
         return await _cancel(GENERATION, session_id)
 
     @app.post("/tasks/{session_id}/heartbeat")
     async def heartbeat(session_id: str, body: HeartbeatRequest | None = None,
-                        _: str | None = Depends(api_key)) -> JSONResponse:
+                        _: Who = Depends(api_key)) -> JSONResponse:
         return await _heartbeat(GENERATION, session_id, body)
 
     @app.post("/task/status")
-    async def status(body: StatusRequest, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def status(body: StatusRequest, _: Who = Depends(api_key)) -> JSONResponse:
         return await _status(GENERATION, body)
 
     @app.post("/{lane}/tasks")
-    async def lane_enqueue(lane: str, body: EnqueueRequest, key: str | None = Depends(api_key)) -> JSONResponse:
-        return await _enqueue(lane, body, key)
+    async def lane_enqueue(lane: str, body: EnqueueRequest, who: Who = Depends(api_key)) -> JSONResponse:
+        return await _enqueue(lane, body, who)
 
     @app.get("/{lane}/tasks/{session_id}")
-    async def lane_task(lane: str, session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def lane_task(lane: str, session_id: str, _: Who = Depends(api_key)) -> JSONResponse:
         return JSONResponse(await gateway.get(lane, session_id, "compat", poll=True))
 
     @app.delete("/{lane}/tasks/{session_id}")
-    async def lane_cancel(lane: str, session_id: str, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def lane_cancel(lane: str, session_id: str, _: Who = Depends(api_key)) -> JSONResponse:
         return await _cancel(lane, session_id)
 
     @app.post("/{lane}/tasks/{session_id}/heartbeat")
     async def lane_heartbeat(lane: str, session_id: str, body: HeartbeatRequest | None = None,
-                             _: str | None = Depends(api_key)) -> JSONResponse:
+                             _: Who = Depends(api_key)) -> JSONResponse:
         return await _heartbeat(lane, session_id, body)
 
     @app.post("/{lane}/task/status")
-    async def lane_status(lane: str, body: StatusRequest, _: str | None = Depends(api_key)) -> JSONResponse:
+    async def lane_status(lane: str, body: StatusRequest, _: Who = Depends(api_key)) -> JSONResponse:
         return await _status(lane, body)
 
     return app

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import re
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -27,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from garycommon import rediskeys
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.keys import Who, callback_base, key_identity
 from garycommon.redisconn import connect
 from garycommon.settings import Settings
 
@@ -109,13 +108,19 @@ class Gateway:
             await self.scheduler.register_gpu(gpu.id, max(0, gpu.capacity_mb))
 
     # --- identity ------------------------------------------------------------------------------------------------
-    def identity(self, api_key: str | None, client_key: str | None) -> tuple[str, str]:
-        """(client, key): round-robin is between clients; per-key limits count per API key (only when keys are on).
+    def identity(self, who: Who, client_key: str | None, *, resident: bool = False) -> tuple[str, str]:
+        """(client, key): round-robin is between clients; per-key limits count per key (only when keys are on).
 
         Keys are stored hashed. Without keys everyone is `open`; a caller such as gary can still separate its users
-        for fairness with client_key.
+        for fairness with client_key. A service (SERVICE_KEY) is never a key itself: the end client it forwards as
+        client_key (`garycommon.keys.key_identity` of the user's key) is counted instead, and the service's own
+        leases (resident weights, warm-up: no client_key) count against no key.
         """
-        key = "open" if api_key is None else "k" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
+        if who.service:
+            counted = bool(self.settings.api_keys) and client_key and not resident
+            key = client_key if counted else "open"
+            return (client_key or "service"), key
+        key = "open" if who.key is None else key_identity(who.key)
         return (f"{key}/{client_key}" if client_key else key), key
 
     def check_lane(self, lane: str) -> None:
@@ -190,10 +195,14 @@ class Gateway:
         return mb
 
     # --- operations ----------------------------------------------------------------------------------------------
-    async def enqueue(self, lane: str, req: EnqueueRequest | LeaseRequest, *, api_key: str | None,
+    async def enqueue(self, lane: str, req: EnqueueRequest | LeaseRequest, *, who: Who,
                       style: str) -> dict[str, Any]:
         self.check_lane(lane)
-        client, key = self.identity(api_key, req.client_key)
+        resident = isinstance(req, LeaseRequest) and req.resident
+        if resident and self.settings.api_keys and not who.service:
+            raise GaryError(ErrorCode.UNAUTHORIZED, "resident leases are the services' own (SERVICE_KEY); a user key "
+                            "may take ordinary leases", http_status=403)
+        client, key = self.identity(who, req.client_key, resident=resident)
         if isinstance(req, LeaseRequest):
             session_id = req.session_id or f"lease-{uuid.uuid4().hex[:16]}"
             model, task_type, data, owner, resident = req.model, "lease", "", req.owner, req.resident
@@ -208,9 +217,9 @@ class Gateway:
             owner = client
             kind = "callback" if (req.callback_url or (req.callback_url is None and lane in GARY_LANES
                                                         and self.settings.gary_url)) else "pull"
-        if req.callback_url and urlsplit(req.callback_url).hostname not in self.settings.callback_hosts:
-            raise GaryError(ErrorCode.BAD_REQUEST, f"callback_url host {urlsplit(req.callback_url).hostname!r} is not "
-                            "allowed (QUEUE_CALLBACK_HOSTS)", http_status=403)
+        if req.callback_url and callback_base(req.callback_url) not in self.settings.callback_bases:
+            raise GaryError(ErrorCode.BAD_REQUEST, "callback_url is not allowed: it must be GARY_URL or a gary base URL "
+                            "in QUEUE_CALLBACK_HOSTS (same scheme, host, port and path; no query)", http_status=403)
         callback = req.callback_url if req.callback_url else (self.settings.gary_url.rstrip("/")
                                                                if kind == "callback" else "")
         mb = await self.lease_size(lane, model, req.vram_mb, req.gpus)

@@ -5,13 +5,15 @@ Each replica claims due ones (hidden from the others while it tries), POSTs `<ca
 notification's stable id in `X-Notification-ID`, and acks: delivered ones vanish, failed ones come back after an
 exponential, jittered backoff until the attempt budget is spent. A notification superseded by a newer one for the
 same task is dropped unsent, so a late `queued` can never follow `ready`. The receiver deduplicates by id (a
-timed-out POST that did arrive is retried with the same id).
+timed-out POST that did arrive is retried with the same id). With SERVICE_KEY set every POST carries
+`X-Gary-Signature` (HMAC-SHA256 over time, id and body), so the receiver can refuse forged notifications.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import uuid
@@ -22,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from garycommon import rediskeys
+from garycommon.keys import SIGNATURE_HEADER, secret, sign
 from garycommon.settings import Settings
 
 from .estimates import Estimator
@@ -74,6 +77,7 @@ class Notifier:
         self._http = httpx.AsyncClient(timeout=settings.queue_callback_timeout_seconds)
         self._sem = asyncio.Semaphore(CONCURRENCY)
         self._last_positions: dict[str, int] = {}
+        self._key = secret(settings.service_key)  # signs callbacks: gary acts only on what the gateway sent
 
     def wake(self) -> None:
         self._wake.set()
@@ -105,8 +109,11 @@ class Notifier:
             try:
                 if n.get("status") == "queued" and not n.get("position"):
                     await self._fill_position(n)
-                resp = await self._http.post(f"{n['cb']}/task_notification", json=callback_body(n),
-                                              headers={"X-Notification-ID": n["id"]})
+                body = json.dumps(callback_body(n)).encode()
+                headers = {"X-Notification-ID": n["id"], "Content-Type": "application/json"}
+                if self._key:  # signed at each attempt: a fresh timestamp, so a retry is never "stale"
+                    headers[SIGNATURE_HEADER] = sign(self._key, n["id"], body)
+                resp = await self._http.post(f"{n['cb']}/task_notification", content=body, headers=headers)
                 ok = 200 <= resp.status_code < 300
                 if not ok:
                     error = f"HTTP {resp.status_code}"

@@ -16,6 +16,7 @@ every source tensor): the DiT holds 334 tensors (310 + one shared RoPE buffer re
 
 from __future__ import annotations
 
+import logging
 import math
 import typing as tp
 from collections import defaultdict
@@ -26,7 +27,10 @@ from typing import Any
 import torch
 
 from garycommon.errors import ErrorCode, ModelLoadError
+from garycommon.safeconfig import plain_config
 from garycommon.textenc import T5_DIMS
+
+log = logging.getLogger(__name__)
 
 DIT_FILE = "state_dict.bin"
 CODEC_FILE = "compression_state_dict.bin"
@@ -42,8 +46,6 @@ def _safe_globals() -> list[Any]:
 
 def load_package(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(plain-dict config, state dict) of one audiocraft checkpoint, unpickled weights-only."""
-    from omegaconf import OmegaConf
-
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             pkg = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -55,13 +57,8 @@ def load_package(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         ) from exc
     if not isinstance(pkg, dict) or "best_state" not in pkg or "xp.cfg" not in pkg:
         raise ModelLoadError(ErrorCode.MODEL_LOAD_FAILED, f"{path.name} is not an audiocraft package (xp.cfg + best_state)")
-    tree = OmegaConf.create(pkg["xp.cfg"])
-    try:
-        cfg = OmegaConf.to_container(tree, resolve=True)
-    except Exception:  # noqa: BLE001 - an interpolation into a part of the training config we never read
-        cfg = OmegaConf.to_container(tree, resolve=False)
-    assert isinstance(cfg, dict)
-    return tp.cast(dict[str, Any], cfg), pkg["best_state"]
+    cfg = plain_config(pkg["xp.cfg"], path.name)  # resolvers off: a hub config never reads this server's environment
+    return cfg, pkg["best_state"]
 
 
 def _get(cfg: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -107,9 +104,10 @@ def dit_config(cfg: dict[str, Any]) -> DiTConfig:
     expected = {"norm": "layer_norm", "norm_first": True, "positional_embedding": "rope", "skip_connections": True,
                 "add_zero_attn": True, "activation": "gelu"}
     for key, value in expected.items():
-        if lm.get(key) != value:
+        if lm.get(key) != value:  # the config's value goes to the log only, never to a client
+            log.warning("unsupported MelodyFlow DiT: transformer_lm.%s=%s", key, repr(lm.get(key))[:200])
             raise ModelLoadError(
-                ErrorCode.MODEL_LOAD_FAILED, f"unsupported MelodyFlow DiT: transformer_lm.{key}={lm.get(key)!r}, need {value!r}"
+                ErrorCode.MODEL_LOAD_FAILED, f"unsupported MelodyFlow DiT: transformer_lm.{key} must be {value!r}"
             )
     for key in ("bias_proj", "bias_ff", "bias_attn", "causal", "xpos", "qk_layer_norm", "qk_layer_norm_cross"):
         if lm.get(key):

@@ -81,6 +81,8 @@ def make_gary(redis_server: Any, gary_models: Path, transfer_dir: Path, tmp_path
         )
         values.update(overrides)
         settings = Settings(**values)
+        for gw in GATEWAY_SETTINGS:  # the gateway calls back only at configured gary URLs (exact port): add this one
+            gw.queue_callback_hosts.append(settings.gary_url)
         server = ThreadedServer(create_app(settings), port=port).start()
         started.append(server)
         return Gary(server, settings)
@@ -106,6 +108,9 @@ def terry_url(redis_server: Any, gary_models: Path, transfer_dir: Path) -> Itera
     server.stop()
 
 
+GATEWAY_SETTINGS: list[Settings] = []  # the session gateway's settings: make_gary registers each gary's callback URL
+
+
 @pytest.fixture(scope="session")
 def gateway(redis_server: Any) -> Iterator[str]:
     """The real queue gateway (gpuqueue) with one generation and one transform slot, fast reaper and callbacks."""
@@ -116,6 +121,7 @@ def gateway(redis_server: Any) -> Iterator[str]:
     settings = Settings(redis_url=url, gary_url="", queue_gpus="gpu0=80000", queue_lane_caps="generation=1,transform=1",
                         queue_lease_ttl_seconds=LEASE_TTL, queue_reaper_interval_seconds=0.05,
                         queue_position_interval_seconds=0.1, queue_callback_backoff_seconds=0.1, log_level="WARNING")
+    GATEWAY_SETTINGS.append(settings)
     server = ThreadedServer(create_app(settings)).start()
     yield server.url
     server.stop()

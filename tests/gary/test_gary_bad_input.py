@@ -18,13 +18,29 @@ import redis
 from conftest import Gary
 from gary_helpers import MODEL, Recorder, recorder, wav_b64
 
+from garycommon.keys import sign
+
 MiB = 1024 * 1024
 GOOD = {"audio_data": wav_b64(2.0), "model_name": MODEL, "prompt_duration": 1}
 
 
+SERVICE = "service-secret"  # the gateway's: signs /task_notification
+
+
 @pytest.fixture(scope="module")
 def gary(make_gary: Any) -> Gary:
-    return make_gary(api_keys=["sekrit"])
+    return make_gary(api_keys=["sekrit"], service_key=SERVICE)
+
+
+def keyed(gary: Gary) -> str:
+    """gary's base URL as gary4juce carries a key (issue 13): every route below it sends `sekrit`."""
+    return f"{gary.url}/k/sekrit"
+
+
+def signed(body: bytes, nid: str = "") -> dict[str, str]:
+    """Headers of a genuine gateway callback (signed with the service key)."""
+    return {"X-Gary-Signature": sign(SERVICE, nid, body), "content-type": "application/json",
+            **({"X-Notification-ID": nid} if nid else {})}
 
 
 class Footprint:
@@ -68,14 +84,14 @@ async def expect_error(rec: Recorder, event: str, payload: Any, contains: str, c
 
 @pytest.fixture
 async def rec(gary: Gary) -> Any:
-    r = await recorder(gary.url)
+    r = await recorder(f"{gary.url}/?api_key=sekrit")
     yield r
     await r.close()
 
 
 async def existing_session(gary: Gary) -> str:
     """A session holding only last_processed_audio (made through the crop route)."""
-    async with httpx.AsyncClient(base_url=gary.url) as http:
+    async with httpx.AsyncClient(base_url=keyed(gary)) as http:
         r = await http.post("/api/juce/update_cropped_audio", json={"audio_data": wav_b64(2.0)})
     sid = r.json()["session_id"]
     gary.call(gary.ctx.store.upsert(sid, {"prompt_duration": 1}))  # the default 6 s is longer than the test output
@@ -189,11 +205,11 @@ async def test_oversize_socket_messages(gary: Gary, rec: Recorder, footprint: Fo
     mark = rec.mark()
     await rec.emit("update_cropped_audio", {"audio_data": wav_b64(1.0)})
     crop = await rec.wait("update_cropped_audio_complete", after=mark)
-    async with httpx.AsyncClient(base_url=gary.url) as http:  # (undo what the good request stored)
+    async with httpx.AsyncClient(base_url=keyed(gary)) as http:  # (undo what the good request stored)
         assert (await http.get(f"/api/juce/poll_status/{crop['session_id']}")).status_code == 200
     gary.call(gary.ctx.store.delete(crop["session_id"]))
     # a 100 MB message is beyond what the transport accepts: only that connection is closed; gary carries on
-    other = await recorder(gary.url)
+    other = await recorder(f"{gary.url}/?api_key=sekrit")
     try:
         await other.emit("process_audio_request", {**GOOD, "audio_data": "A" * (100 * MiB)})
         for _ in range(100):
@@ -224,7 +240,7 @@ async def test_string_payloads(gary: Gary, rec: Recorder) -> None:
         job = gary.call(gary.ctx.jobs.current(sid))
         assert job.params["description"] == desc
         # while it runs, the session refuses more work — told to THIS connection, not only to the room
-        other = await recorder(gary.url)
+        other = await recorder(f"{gary.url}/?api_key=sekrit")
         try:
             for event, body in (("continue_music_request", {"session_id": sid}),
                                 ("retry_music_request", {"session_id": sid}),
@@ -239,7 +255,7 @@ async def test_string_payloads(gary: Gary, rec: Recorder) -> None:
 
 
 def test_http_bad_input(gary: Gary, footprint: Footprint) -> None:
-    with httpx.Client(base_url=gary.url, timeout=60) as http:
+    with httpx.Client(base_url=keyed(gary), timeout=60) as http:
         for route in ("process_audio", "continue_music", "retry_music", "transform_audio", "undo_transform",
                       "update_cropped_audio"):
             r = http.post(f"/api/juce/{route}", content=b"")
@@ -276,16 +292,18 @@ def test_http_bad_input(gary: Gary, footprint: Footprint) -> None:
         r = http.post("/api/juce/process_audio", content=iter([huge[i:i + 4 * MiB] for i in range(0, len(huge), 4 * MiB)]))
         assert r.status_code == 413 and r.json()["code"] == "DATA_TOO_LARGE"
         # the queue callback
-        r = http.post("/task_notification", content=b"")
+        r = http.post("/task_notification", content=b"", headers=signed(b""))
         assert r.status_code == 400 and r.json() == {"status": "error", "message": "No JSON data received"}
-        r = http.post("/task_notification", json={"status": "ready"})
+        body = json.dumps({"status": "ready"}).encode()
+        r = http.post("/task_notification", content=body, headers=signed(body))
         assert r.status_code == 400 and r.json()["message"] == "Missing session_id"
-        r = http.post("/task_notification", json={"session_id": "../x", "status": "ready"})
+        body = json.dumps({"session_id": "../x", "status": "ready"}).encode()
+        r = http.post("/task_notification", content=body, headers=signed(body))
         assert r.status_code == 400
-        # API-key protected maintenance routes
-        assert http.post("/api/cleanup_old_sessions").status_code == 401
-        assert http.post("/api/warmup").status_code == 401
-        assert http.post("/api/warmup", headers={"X-API-Key": "wrong"}).status_code == 401
+        # API-key protected maintenance routes (absolute URLs: without the /k/ key)
+        assert http.post(f"{gary.url}/api/cleanup_old_sessions").status_code == 401
+        assert http.post(f"{gary.url}/api/warmup").status_code == 401
+        assert http.post(f"{gary.url}/api/warmup", headers={"X-API-Key": "wrong"}).status_code == 401
 
 
 def test_maintenance_routes_with_key(gary: Gary) -> None:
@@ -313,9 +331,10 @@ def test_task_notification_is_idempotent(gary: Gary) -> None:
     sid = asyncio.run(existing_session(gary))
     body = {"session_id": sid, "status": "queued", "type": "process_audio",
             "queue_status": {"estimated_wait_seconds": 12, "active_tasks": 1, "queued_tasks": 3}}
-    with httpx.Client(base_url=gary.url) as http:
-        first = http.post("/task_notification", json=body, headers={"X-Notification-ID": "n-1"}).json()
-        again = http.post("/task_notification", json=body, headers={"X-Notification-ID": "n-1"}).json()
+    raw = json.dumps(body).encode()
+    with httpx.Client(base_url=keyed(gary)) as http:
+        first = http.post("/task_notification", content=raw, headers=signed(raw, "n-1")).json()
+        again = http.post("/task_notification", content=raw, headers=signed(raw, "n-1")).json()
         poll = http.get(f"/api/juce/poll_status/{sid}").json()
     assert first["status"] == again["status"] == "received" and first["notification_id"] == "n-1"
     assert again["message"] == "duplicate notification ignored"

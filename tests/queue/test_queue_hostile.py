@@ -59,9 +59,10 @@ def test_path_like_gpu_ids_are_refused(make_gateway, http: httpx.Client, rdb: re
 
 
 def test_openapi_documents_what_is_sent_and_the_key_scheme(make_gateway, http: httpx.Client) -> None:
-    url = make_gateway(queue_gpus="gpu0=10000", api_keys=["k1"]).url
+    url = make_gateway(queue_gpus="gpu0=10000", api_keys=["k1"], admin_key="adm").url
     spec = http.get(f"{url}/openapi.json").json()
     assert_openapi_honest(spec)
-    r = http.post(f"{url}/gpus", json={"gpu_id": "g", "capacity_mb": "lots"}, headers={"X-API-Key": "k1"})
+    r = http.post(f"{url}/gpus", json={"gpu_id": "g", "capacity_mb": "lots"}, headers={"X-API-Key": "adm"})
     assert r.status_code == 400 and "400" in spec["paths"]["/gpus"]["post"]["responses"]
     assert http.post(f"{url}/gpus", json={"gpu_id": "g", "capacity_mb": 1}).status_code == 401
+    assert http.post(f"{url}/gpus", json={"gpu_id": "g", "capacity_mb": 1}, headers={"X-API-Key": "k1"}).status_code == 401

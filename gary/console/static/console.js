@@ -405,8 +405,9 @@ const actions = {
 };
 
 // ---------------------------------------------------------------------------------------------- socket
+// the key travels in the handshake's auth payload (read at every (re)connect, so a newly typed key is used)
 const socket = io({ path: "/socket.io", transports: ["websocket"], reconnection: true, reconnectionDelay: 500,
-  reconnectionDelayMax: 3000 });
+  reconnectionDelayMax: 3000, auth: (cb) => cb(apiKey() ? { api_key: apiKey() } : {}) });
 
 socket.on("connect", () => {
   state.connected = true;
@@ -425,7 +426,9 @@ socket.on("disconnect", (reason) => {
 });
 socket.on("connect_error", (err) => {
   const banner = $("#conn-banner");
-  banner.textContent = `Cannot reach gary (${err.message}); retrying…`;
+  // a refused handshake (no or wrong key) is not retried by socket.io: saving a key reconnects
+  banner.textContent = socket.active ? `Cannot reach gary (${err.message}); retrying…`
+    : `gary refused the connection: ${err.message}`;
   banner.hidden = false;
 });
 
@@ -746,6 +749,7 @@ function wire() {
     const k = $("#api-key").value.trim();
     if (k) localStorage.setItem(KEY_STORE, k); else localStorage.removeItem(KEY_STORE);
     say(k ? "API key saved in this browser." : "API key cleared.");
+    if (!socket.connected) socket.connect();
     refreshQueue();
     pollHealth();
   });
