@@ -59,9 +59,11 @@ def test_stack_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
             pytest.fail("stack did not come up in time:\n" + text[-4000:])
         assert "DEMO MODE" in text
         with httpx.Client(timeout=60) as http:
-            for name in ("gary", "jerry", "terry", "queue"):
-                r = http.get(f"http://127.0.0.1:{ports[name]}/health")
-                assert r.status_code == 200, (name, r.text)
+            for name in ("gary", "jerry", "terry", "queue"):  # "stack is up" = listening; models may still load
+                deadline = time.monotonic() + 180
+                while (r := http.get(f"http://127.0.0.1:{ports[name]}/health")).status_code != 200:
+                    assert r.json().get("status") == "loading" and time.monotonic() < deadline, (name, r.text)
+                    time.sleep(0.5)
             # jerry as curl uses it
             r = http.post(f"http://127.0.0.1:{ports['jerry']}/generate",
                           json={"prompt": "lofi drums 90bpm", "steps": 4, "return_format": "base64", "seed": 7})
