@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.hub import download_progress
 from garycommon.metrics import GARY_GENERATION_SECONDS, GARY_JOBS, GARY_QUEUE_WAIT_SECONDS
 from garycommon.progress import StatusStore
 from garycommon.settings import Settings
@@ -30,12 +31,14 @@ from . import pipeline
 from .batcher import GenerationBatcher
 from .dispatch import Dispatcher
 from .jobs import ACTIVE_STATES, GENERATION_LANE, TRANSFORM_LANE, Job, JobStore
-from .notifications import Notifier
+from .notifications import Notifier, queue_status_payload
 from .sessions import SessionStore
 from .throttle import ProgressThrottle
 from .transform import TerryClient
 
 log = logging.getLogger(__name__)
+WARMING_GRACE_SECONDS = 2.0
+WARMING_TICK_SECONDS = 2.0
 PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}"
 
 INPUT_SLOT = {
@@ -124,6 +127,7 @@ class JobRunner:
     async def run(self, job: Job) -> None:
         sid = job.session_id
         heartbeat: asyncio.Task[None] | None = None
+        warming: asyncio.Task[None] | None = None
         self._running[job.job_id] = job
         try:
             GARY_QUEUE_WAIT_SECONDS.observe(max(0.0, time.time() - job.created_at), type=job.type)
@@ -133,6 +137,7 @@ class JobRunner:
             await self._report(job.lane, sid, "processing", fencing_token=job.fencing_token)
             if job.lane == GENERATION_LANE:
                 await self.throttle.mark_active(sid)
+                warming = asyncio.create_task(self._tell_while_warming(job))
             heartbeat = asyncio.create_task(self._heartbeat(job))
             with GARY_GENERATION_SECONDS.time(type=job.type):
                 output = await (self._transform(job) if job.lane == TRANSFORM_LANE else self._generate(job))
@@ -149,6 +154,8 @@ class JobRunner:
             self._running.pop(job.job_id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
+            if warming is not None:
+                warming.cancel()
             if job.lane == GENERATION_LANE:
                 await self.throttle.mark_done(sid)
 
@@ -297,6 +304,28 @@ class JobRunner:
                 await self.dispatcher.heartbeat(job)
             except Exception as exc:
                 log.warning("heartbeat of job %s failed: %s", job.job_id, exc)
+
+    async def _tell_while_warming(self, job: Job) -> None:
+        """While a generation waits for its model (a hub download, a load into memory) the client hears why, every
+        few seconds, instead of silence until the first progress tick; pollers read the same payload."""
+        await asyncio.sleep(WARMING_GRACE_SECONDS)  # a resident model starts at once: nothing to say
+        last_done, last_at = 0, time.monotonic()
+        while job.state == "warming":
+            message, eta = f"loading {job.params.get('model_name')} into memory...", 0.0
+            downloads = download_progress()
+            if downloads:
+                done = sum(d["done_bytes"] for d in downloads.values())
+                total = sum(d["total_bytes"] for d in downloads.values())
+                rate = max(0.0, (done - last_done) / max(1e-3, time.monotonic() - last_at))
+                last_done, last_at = done, time.monotonic()
+                name = ", ".join(sorted(downloads))
+                message = f"downloading {name} {done / 1e9:.1f}/{total / 1e9:.1f} GB"
+                eta = (total - done) / rate if rate > 0 and total > done else 0.0
+            payload = queue_status_payload(job.session_id, "warming", {
+                "position": 0, "queued_tasks": 0, "active_tasks": 1, "estimated_wait_seconds": round(eta, 1)},
+                message=message)
+            await self.notifier.queue_status(payload, job.requester)
+            await asyncio.sleep(WARMING_TICK_SECONDS)
 
     def _warming_status(self, job: Job) -> dict[str, Any]:
         what = job.params.get("model_name") or "MelodyFlow model"
