@@ -82,6 +82,17 @@ def restore_upload(session_id: str) -> str:
     return f"gary:restore:{session_id}"
 
 
+def running_jobs() -> str:
+    """Set of job ids running in some gary process now (each job names its process in `ran_on`): a restarted gary
+    finds the jobs its dead predecessor on the same host left half-done and runs them again at once."""
+    return "gary:running_jobs"
+
+
+def job_recovery(job_id: str) -> str:
+    """SET NX marker: one restarted process (not two) takes over an interrupted job."""
+    return f"gary:job_recovery:{job_id}"
+
+
 FANOUT_PAYLOAD_TTL = 120
 
 

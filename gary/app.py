@@ -99,6 +99,8 @@ def create_app(settings: Settings | None = None) -> KeyGate:
 
             await asyncio.to_thread(install_demo, settings, all_model_names())
         await dispatcher.start(runner.run)
+        with contextlib.suppress(Exception):  # Redis may still be coming back: the gateway's lease expiry covers it
+            await runner.recover_interrupted()
         store.start_watch()  # a dead session database is in the log now, not at the first musician's request
         settings.announce_queue_mode(log, "gary")
         log.info("gary ready: queue %s, sessions %s", settings.queue_url or "solo (in-process FIFO)",

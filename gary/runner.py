@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from garycommon import rediskeys
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.hub import download_progress
 from garycommon.metrics import GARY_GENERATION_SECONDS, GARY_JOBS, GARY_QUEUE_WAIT_SECONDS
@@ -30,7 +31,7 @@ from garycommon.settings import Settings
 from . import pipeline
 from .batcher import GenerationBatcher
 from .dispatch import Dispatcher
-from .jobs import ACTIVE_STATES, GENERATION_LANE, TRANSFORM_LANE, Job, JobStore
+from .jobs import ACTIVE_STATES, GENERATION_LANE, RUNNING_STATES, TRANSFORM_LANE, Job, JobStore
 from .notifications import Notifier, queue_status_payload
 from .sessions import SessionStore
 from .throttle import ProgressThrottle
@@ -130,6 +131,7 @@ class JobRunner:
         warming: asyncio.Task[None] | None = None
         self._running[job.job_id] = job
         try:
+            await self.jobs.redis.sadd(rediskeys.running_jobs(), job.job_id)
             GARY_QUEUE_WAIT_SECONDS.observe(max(0.0, time.time() - job.created_at), type=job.type)
             await self.jobs.update(job, state="warming", heartbeat_at=time.time(), ran_on=PROCESS_ID)
             await self.status.set_status(sid, "warming", job_id=job.job_id)
@@ -152,12 +154,36 @@ class JobRunner:
             await self._fail(job, err)
         finally:
             self._running.pop(job.job_id, None)
+            with contextlib.suppress(Exception):
+                await self.jobs.redis.srem(rediskeys.running_jobs(), job.job_id)
             if heartbeat is not None:
                 heartbeat.cancel()
             if warming is not None:
                 warming.cancel()
             if job.lane == GENERATION_LANE:
                 await self.throttle.mark_done(sid)
+
+    async def recover_interrupted(self) -> list[str]:
+        """At start: jobs a dead gary process on this host was running are run again here at once, under the lease
+        they held (the gateway keeps it until its TTL; if it re-grants meanwhile, `start_ready` adopts the new one).
+        Jobs of other hosts are left to their own restart or to the gateway's lease expiry."""
+        host = socket.gethostname()
+        resumed: list[str] = []
+        for job_id in await self.jobs.redis.smembers(rediskeys.running_jobs()):
+            job = await self.jobs.get(job_id)
+            if job is None or job.state not in RUNNING_STATES:
+                await self.jobs.redis.srem(rediskeys.running_jobs(), job_id)
+                continue
+            owner_host, _, pid = (job.ran_on or "").rpartition(":")
+            if owner_host != host or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+                continue
+            if not await self.jobs.redis.set(rediskeys.job_recovery(job_id), PROCESS_ID, nx=True, ex=rediskeys.JOB_TTL):
+                continue
+            log.warning("job %s (%s, session %s) was interrupted by the exit of gary process %s; running it again",
+                        job.job_id, job.type, job.session_id, job.ran_on)
+            self.spawn(self.run(job))
+            resumed.append(job.job_id)
+        return resumed
 
     async def fail_queued(self, job: Job, message: str) -> None:
         """The gateway dropped a task that never started (expired, cancelled): tell the client instead of hanging."""
@@ -373,3 +399,13 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.gpu.shutdown(wait=False, cancel_futures=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
