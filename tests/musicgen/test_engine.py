@@ -139,7 +139,9 @@ def test_model_resolution_errors(tmp_path: Path, models_dir: Path) -> None:
     torch.save({**pkg, "xp.cfg": yaml.safe_dump(cfg)}, odd / LM_FILE)
     with pytest.raises(GaryError) as err:
         engine.preload(str(odd))
-    assert err.value.code == ErrorCode.MODEL_LOAD_FAILED and "rope" in err.value.message
+    # the client is told which setting is unsupported, never the checkpoint's value (that goes to the server log)
+    assert err.value.code == ErrorCode.MODEL_LOAD_FAILED and "positional embedding" in err.value.message
+    assert "rope" not in err.value.message
 
 
 def test_missing_hub_repo_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
