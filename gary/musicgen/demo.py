@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from garycommon.safeconfig import plain_config
 from garycommon.settings import Settings
 
 from .catalogue import size_of
@@ -114,9 +115,7 @@ def random_lm_state(cfg: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
 
 def random_compression_state(cfg: dict[str, Any], seed: int) -> dict[str, torch.Tensor]:
     """`best_state` of a random EnCodec with weight-norm pairs and RVQ buffers, as training saves it."""
-    from omegaconf import OmegaConf
-
-    parsed = compression_config(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True))
+    parsed = compression_config(plain_config(cfg, "demo EnCodec"))  # as a hub config is read: resolvers off
     gen = torch.Generator().manual_seed(seed)
     model = Encodec(parsed)
     for name, p in model.named_parameters():

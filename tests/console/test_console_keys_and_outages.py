@@ -24,14 +24,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture
 def console(browser: object, stack: Stack) -> Iterator[ConsolePage]:
-    page = ConsolePage(browser, stack.url + "/")
+    # keys on: gary refuses the Socket.IO handshake until a key is typed (issue 13), so wait for the page, not the socket
+    page = ConsolePage(browser, stack.url + "/", console=False)
+    page.page.wait_for_function("window.garyConsole && document.querySelector('#model option') !== null",
+                                timeout=30_000)
     yield page
     page.close()
+
+
+def type_key(page: object, key: str = KEY) -> None:
+    page.fill("#api-key", key)
+    page.click("#key-save")
 
 
 def test_keys_on_key_typed_once_unlocks_queue_and_jerry(console: ConsolePage, stack: Stack) -> None:
     page = console.page
     assert "API keys are on" in page.locator("#status").text_content()
+    # gary refuses the connection without a key, and the page says why (no silent retrying)
+    page.wait_for_function("document.querySelector('#conn-banner').textContent.includes('needs an API key')",
+                           timeout=20_000)
+    assert console.state("s.connected") is False
     # without a key: the queue panel and jerry say what is missing, before sending anything
     page.wait_for_function("document.querySelector('#machine-note').textContent.includes('needs an API key')",
                            timeout=20_000)
@@ -50,14 +62,17 @@ def test_keys_on_key_typed_once_unlocks_queue_and_jerry(console: ConsolePage, st
     page.wait_for_function("document.querySelector('#error').textContent.includes('jerry refused the API key')",
                            timeout=30_000)
 
-    # type the right key once: saved in the browser, used by every relayed call
+    # type the right key once: saved in the browser, used by every relayed call and the Socket.IO handshake
     page.fill("#api-key", KEY)
     page.click("#key-save")
     assert page.evaluate("localStorage.getItem('gary.console.apiKey')") == KEY
+    page.wait_for_function("window.garyConsole.state.connected", timeout=30_000)
     page.wait_for_function("document.querySelectorAll('#gpus .bar').length > 0", timeout=20_000)
     refused = "the server responded with a status of 401"
     assert console.problems and all(refused in p for p in console.problems), console.problems  # the 401s themselves
     console.problems.clear()
+    # jerry may still be loading its model (503) this early: gary now refuses wrong keys itself, at once
+    page.wait_for_function("document.querySelector('#svc-jerry').dataset.state === 'up'", timeout=60_000)
     page.fill("#jerry-prompt", "boom bap drums")
     page.fill("#jerry-bpm", "90")
     page.select_option("#jerry-bars", "2")
@@ -80,6 +95,9 @@ def test_keys_on_key_typed_once_unlocks_queue_and_jerry(console: ConsolePage, st
 def test_terry_stopped_gives_a_clear_message_and_no_hang(console: ConsolePage, stack: Stack, tmp_path: Path) -> None:
     page = console.page
     from console_kit import wav_file
+
+    type_key(page)
+    page.wait_for_function("window.garyConsole.state.connected", timeout=30_000)
 
     page.set_input_files("#file-input", str(wav_file(tmp_path / "riff.wav")))
     console.wait_takes(1)
