@@ -266,3 +266,12 @@ def test_a_hub_config_cannot_read_the_server_environment(stack: Stack) -> None:
     assert failed["status"] == "failed"
     assert "text encoder" in failed["error"] and SECRET not in failed["error"], failed["error"]
     assert SECRET not in json.dumps(failed)
+
+
+def test_keys_never_reach_the_logs(stack: Stack) -> None:
+    """Keys sent in URLs (/k/<key>/, ?api_key=) are moved into a header before anything logs the request (runs last:
+    every other test of this module has sent its keys by now)."""
+    log = stack.log_path.read_text(errors="replace")
+    assert "/api/juce/" in log and "/socket.io/" in log  # the access log is on
+    for key in (FRIEND1, FRIEND2, ADMIN):
+        assert key not in log
