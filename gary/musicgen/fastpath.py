@@ -141,17 +141,21 @@ class FastDecoder:
             x = self._layer(layer, x, state.cache[i], pos, state.cross[i] if state.cross is not None else None)
         self._emit(lm, x, state, self.model.keys, active)
 
+    def warmup_jobs(self, batch: int) -> list[Job]:
+        """Dummy requests shaped like real ones (a description, top-k sampling, CFG), 4 frames, no prompt."""
+        model = self.model
+        cfg = model.lm.cfg
+        return [Job(torch.zeros(cfg.n_q, 0, dtype=torch.long, device=model.device), 4,
+                    TextCondition(torch.zeros(4, cfg.dim, device=model.device), cfg.cross_attention),
+                    1.0, 250, 0.0, 3.0, i) for i in range(batch)]
+
     def warmup(self) -> float:
         """Compile and capture for batch 1 and 2 on dummy requests (a few frames each), so that the first real request
         pays neither; returns the seconds it took. Never raises: if compiling fails, the decoder falls back to the
         uncompiled fused step (logged) rather than failing the model load."""
-        model = self.model
-        cfg = model.lm.cfg
         t0 = time.perf_counter()
         for batch in (1, 2):
-            jobs = [Job(torch.zeros(cfg.n_q, 0, dtype=torch.long, device=model.device), 4,
-                        TextCondition(torch.zeros(4, cfg.dim, device=model.device), cfg.cross_attention),
-                        1.0, 250, 0.0, 3.0, i) for i in range(batch)]
+            jobs = self.warmup_jobs(batch)
             try:
                 self.generate(jobs)
             except Exception:  # noqa: BLE001 - any compiler failure: keep serving, uncompiled

@@ -124,3 +124,15 @@ def test_tokens_so_far_are_prefixes_of_the_final_codes(engine: MusicGenEngine) -
     delay, shortest = max(model.lm.cfg.delays), min(j.prompt.shape[-1] for j in jobs)
     first_step = next(s for s in range(7, 10_000, 7) if shortest + s + 1 - delay > 0)
     assert counts[0] == shortest + first_step + 1 - delay
+
+
+def test_warmup_requests_run_through_the_fused_step(engine: MusicGenEngine) -> None:
+    """The dummy requests `FastDecoder.warmup` compiles and captures with (on CUDA, at model load) are valid jobs."""
+    model = engine.model(MONO)
+    decoder = FastDecoder(model, compile=False)
+    for batch in (1, 2):
+        jobs = decoder.warmup_jobs(batch)
+        fused = _fused_tokens(decoder, jobs)
+        eager = generate_eager(model.lm, jobs, torch.float32, model.keys)
+        assert [t.shape[-1] for t in fused] == [4] * batch
+        assert all(torch.equal(a, b) for a, b in zip(fused, eager, strict=True))
