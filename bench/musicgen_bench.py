@@ -304,14 +304,6 @@ def main() -> None:
         ref, ours = build(size, work, settings, device)
         entry: dict[str, Any] = {"ours": {}, "audiocraft": {}}
         results["sizes"][size] = entry
-        if args.variants and n == 0:
-            entry["variants"] = {}
-            for label in args.variants:
-                ours.fast = FastDecoder(ours, **VARIANTS[label])
-                entry["variants"][label] = time_ours(ours, [1, 8],
-                                                     lambda b, r, lb=label, sz=size: print(sz, lb, b, r, flush=True))
-                save()
-            ours.fast = FastDecoder(ours)
         entry["warmup_at_load_s"] = round(ours.fast.warmup(), 2)  # what MusicGenEngine does when it loads a model
         print(size, "warm-up at load", entry["warmup_at_load_s"], flush=True)
         try:
@@ -323,6 +315,14 @@ def main() -> None:
             entry["ours"] = time_ours(ours, args.batches, lambda b, r, sz=size: print(sz, "ours-nocompile", b, r, flush=True))
             entry["ours_compiled"] = False
         save()
+        if args.variants and n == 0:
+            entry["variants"] = {}
+            for label in args.variants:
+                ours.fast = FastDecoder(ours, **VARIANTS[label])
+                entry["variants"][label] = time_ours(ours, [1, 8],
+                                                     lambda b, r, lb=label, sz=size: print(sz, lb, b, r, flush=True))
+                save()
+            ours.fast = FastDecoder(ours)
         for b in args.ref_batches:
             if time.perf_counter() - started > args.budget_s:
                 entry["audiocraft"][f"batch{b}"] = "skipped (time budget)"
