@@ -12,7 +12,8 @@ with `.whl-musicgen/site` and `.whl-musicgen/site312` carried. The GPU machine h
 audiocraft's import-time needs; they travel as (made here, from the repo root):
   site:    the pure-python packages copied from .venv's site-packages: audiocraft omegaconf antlr4 julius hydra
            num2words docopt.py flashy dora submitit treetable retrying.py cloudpickle colorlog pydantic
-           pydantic_settings dotenv typing_inspection annotated_types soundfile.py _soundfile_data einops pycparser
+           pydantic_settings dotenv typing_inspection annotated_types soundfile.py _soundfile.py _soundfile_data einops
+           pycparser
   site312: cp312 wheels of the compiled ones, unzipped:  pip download --only-binary=:all: --python-version 3.12
            --platform manylinux2014_x86_64 --no-deps pydantic_core==<venv's> cffi==<venv's>
 Optional audiocraft imports that MusicGen never calls (spacy, librosa, av, torchmetrics, wandb) get inert
