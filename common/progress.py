@@ -48,6 +48,13 @@ class StatusStore:
         raw = await self.redis.get(rediskeys.status(session_id))
         return json.loads(raw) if raw else None
 
+    async def set_partial(self, job_id: str, audio_b64: str) -> None:
+        await self.redis.set(rediskeys.partial_audio(job_id), audio_b64, ex=rediskeys.PARTIAL_TTL)
+
+    async def get_partial(self, job_id: str) -> str | None:
+        raw = await self.redis.get(rediskeys.partial_audio(job_id))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     async def set_progress(self, session_id: str, percent: float) -> None:
         await self.redis.set(rediskeys.progress(session_id), str(percent), ex=rediskeys.PROGRESS_TTL)
 

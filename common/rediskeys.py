@@ -82,6 +82,14 @@ def restore_upload(session_id: str) -> str:
     return f"gary:restore:{session_id}"
 
 
+PARTIAL_TTL = HOUR
+
+
+def partial_audio(job_id: str) -> str:
+    """Base64 WAV of a running generation's audio so far (opted-in clients), for pollers."""
+    return f"gary:partial:{job_id}"
+
+
 def running_jobs() -> str:
     """Set of job ids running in some gary process now (each job names its process in `ran_on`): a restarted gary
     finds the jobs its dead predecessor on the same host left half-done and runs them again at once."""

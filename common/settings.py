@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     gary_heartbeat_seconds: float = Field(
         5.0, gt=0, description="gary: how often a running job heartbeats its queue task and its job record"
     )
+    gary_partial_seconds: float = Field(
+        5.0, ge=0, description="gary: a generation whose client asked (stream_partials) gets its audio so far every "
+        "this many seconds of it (0 = never)")
     gary_max_batch: int = Field(
         4, ge=1, le=64, description="gary: most generations sharing one engine call (solo mode also runs this many at once)"
     )

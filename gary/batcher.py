@@ -18,6 +18,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
+PartialAudio = Callable[[Any, int], None]  # (audio so far [C, T], sample rate), from the GPU thread
 
 
 @dataclass
@@ -25,19 +26,24 @@ class _Item:
     request: Any
     progress: Progress | None
     future: asyncio.Future[tuple[Any, float, int]] = field(repr=False)
+    partial: PartialAudio | None = None
 
 
 class GenerationBatcher:
-    def __init__(self, in_gpu_thread: Callable[..., Awaitable[Any]], engine: Callable[[], Any], max_batch: int) -> None:
+    def __init__(self, in_gpu_thread: Callable[..., Awaitable[Any]], engine: Callable[[], Any], max_batch: int,
+                 partial_seconds: float = 0.0) -> None:
         self._in_gpu_thread = in_gpu_thread
         self._engine = engine
         self.max_batch = max(1, max_batch)
+        self.partial_seconds = partial_seconds
         self._pending: list[_Item] = []
         self._drainer: asyncio.Task[None] | None = None
 
-    async def generate(self, request: Any, progress: Progress | None = None) -> tuple[Any, float, int]:
-        """(GenerationResult, seconds the engine call took, how many requests shared it)."""
-        item = _Item(request, progress, asyncio.get_running_loop().create_future())
+    async def generate(self, request: Any, progress: Progress | None = None,
+                       partial: PartialAudio | None = None) -> tuple[Any, float, int]:
+        """(GenerationResult, seconds the engine call took, how many requests shared it). `partial(audio, rate)` is
+        called from the GPU thread with the audio so far, every `partial_seconds` of it, when given."""
+        item = _Item(request, progress, asyncio.get_running_loop().create_future(), partial)
         self._pending.append(item)
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="gary-batcher")
@@ -56,9 +62,17 @@ class GenerationBatcher:
                 if item.progress is not None:
                     item.progress(step, total)
 
+        def partial(index: int, audio: Any, rate: int) -> None:
+            hook = batch[index].partial
+            if hook is not None:
+                hook(audio, rate)
+
+        wants_partials = self.partial_seconds > 0 and any(item.partial is not None for item in batch)
+        extra = (partial, self.partial_seconds) if wants_partials else ()
         started = time.monotonic()
         try:
-            results = await self._in_gpu_thread(lambda: self._engine().generate([i.request for i in batch], progress))
+            results = await self._in_gpu_thread(
+                lambda: self._engine().generate([i.request for i in batch], progress, *extra))
         except Exception as exc:
             if len(batch) == 1:
                 _settle(batch[0], exc=exc)

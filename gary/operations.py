@@ -109,6 +109,7 @@ class Operations:
             "description": description,
             "seed": _resolve_seed(req.seed),
             "output_seconds": limit,
+            "stream_partials": bool(req.stream_partials),
         }
 
     @staticmethod
@@ -379,6 +380,9 @@ class Operations:
             "queue_status": queue_status or {},
             "session_data": {k: session.get(k) for k in ("model_name", "prompt_duration", "parameters", "description")},
         }
+        # the newest partial result of a running generation that asked for them (existing clients never do)
+        out["partial_audio"] = (await self.status.get_partial(job.job_id)
+                                if active and job is not None and job.params.get("stream_partials") else None)
         if job is not None and job.seed is not None:
             out["seed"] = job.seed
             if job.lane != TRANSFORM_LANE:

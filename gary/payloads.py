@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, ValidationError
 
 from garycommon.errors import ErrorCode, GaryError
 
@@ -57,6 +57,7 @@ class GenerationParams(_Payload):
     cfg_coef: Annotated[float, Field(ge=0, le=30)] | None = None
     description: Text = None
     seed: Annotated[int, Field(ge=-1, le=2**32 - 1)] | None = None
+    stream_partials: StrictBool = False  # opt in to `partial_audio` events / poll field while the job runs
 
 
 class ProcessAudioRequest(GenerationParams):

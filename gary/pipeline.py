@@ -101,11 +101,21 @@ def prepare(job_type: str, params: dict[str, Any], raw_input: bytes, *, max_byte
     return Prepared(audio, request, job_type, prompt_duration)
 
 
+def assemble(prepared: Prepared, generated: torch.Tensor, generated_sr: int) -> torch.Tensor:
+    """bang: the generation; continue/retry: head ++ generation; at the input's rate and channels."""
+    out = fit_output(generated.float().cpu(), generated_sr, prepared.audio)
+    return out if prepared.job_type == "process_audio" else continuation(prepared.audio, out, prepared.prompt_duration)
+
+
+def partial_wav(prepared: Prepared, generated_so_far: torch.Tensor, generated_sr: int) -> bytes:
+    """What the result will start with, as far as it is generated: assembled and encoded like the result."""
+    return encode_result(assemble(prepared, generated_so_far, generated_sr), prepared.audio.sample_rate)
+
+
 def finish(prepared: Prepared, result: Any, generation_time: float) -> GenerationOutput:
     """Assemble (bang: the generation; continue: head ++ generation) and encode at the input's rate and channels."""
     audio = prepared.audio
-    generated = fit_output(result.audio.float().cpu(), result.sample_rate, audio)
-    wav = generated if prepared.job_type == "process_audio" else continuation(audio, generated, prepared.prompt_duration)
+    wav = assemble(prepared, result.audio, result.sample_rate)
     return GenerationOutput(
         wav=encode_result(wav, audio.sample_rate),
         seed=int(result.seed),

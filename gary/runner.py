@@ -74,7 +74,8 @@ class JobRunner:
         self._engine_lock = threading.Lock()
         # One GPU worker thread: MusicGen never runs on the event loop, and never twice at once in this process.
         self.gpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gary-gpu")
-        self.batcher = GenerationBatcher(self.in_gpu_thread, self.engine, settings.gary_max_batch)
+        self.batcher = GenerationBatcher(self.in_gpu_thread, self.engine, settings.gary_max_batch,
+                                         settings.gary_partial_seconds)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.warmup_state: dict[str, dict[str, Any]] = {}
         self._running: dict[str, Job] = {}  # jobs running in this process, by id
@@ -222,8 +223,10 @@ class JobRunner:
         raw = await self._input(job)
         prepared = await asyncio.to_thread(pipeline.prepare, job.type, job.params, raw,
                                            max_bytes=self.settings.max_audio_bytes)
-        progress = self._progress_callback(job, asyncio.get_running_loop())
-        result, elapsed, batch_size = await self.batcher.generate(prepared.request, progress)
+        loop = asyncio.get_running_loop()
+        progress = self._progress_callback(job, loop)
+        partial = self._partial_callback(job, prepared, loop) if job.params.get("stream_partials") else None
+        result, elapsed, batch_size = await self.batcher.generate(prepared.request, progress, partial)
         out = await asyncio.to_thread(pipeline.finish, prepared, result, elapsed)
         if job.type == "continue_music":
             await self.store.put_audio(job.session_id, "last_input_audio", raw)
@@ -371,6 +374,45 @@ class JobRunner:
             loop.call_soon_threadsafe(self.spawn, self._progress(job, percent))
 
         return callback
+
+    def _partial_callback(self, job: Job, prepared: pipeline.Prepared,
+                          loop: asyncio.AbstractEventLoop) -> Callable[[Any, int], None]:
+        """Called from the GPU thread with the audio so far; only the newest one waits to be sent (a slow client or
+        encoder skips intermediate partials rather than queueing them)."""
+        lock = threading.Lock()
+        latest: list[tuple[Any, int] | None] = [None]
+        sending = [False]
+
+        async def send() -> None:
+            while True:
+                with lock:
+                    item, latest[0] = latest[0], None
+                    if item is None:
+                        sending[0] = False
+                        return
+                with contextlib.suppress(Exception):
+                    await self._send_partial(job, prepared, *item)
+
+        def callback(audio: Any, rate: int) -> None:
+            with lock:
+                latest[0] = (audio, rate)
+                if sending[0]:
+                    return
+                sending[0] = True
+            loop.call_soon_threadsafe(self.spawn, send())
+
+        return callback
+
+    async def _send_partial(self, job: Job, prepared: pipeline.Prepared, audio: Any, rate: int) -> None:
+        if job.state not in ("warming", "processing"):
+            return  # the result is out already
+        wav = await asyncio.to_thread(pipeline.partial_wav, prepared, audio, rate)
+        seconds = round(audio.shape[-1] / rate, 3)
+        audio_b64 = await asyncio.to_thread(lambda: base64.b64encode(wav).decode("ascii"))
+        await self.status.set_partial(job.job_id, audio_b64)
+        await self.notifier.emit("partial_audio", {"session_id": job.session_id, "job_id": job.job_id,
+                                                   "audio_data": audio_b64, "generated_seconds": seconds,
+                                                   "final": False}, job.session_id, job.requester)
 
     async def _progress(self, job: Job, percent: int) -> None:
         sid = job.session_id

@@ -26,7 +26,7 @@ from garycommon.settings import Settings
 from .catalogue import MODEL_CATALOGUE, SIZE_PARAMS, size_of
 from .checkpoint import COMPRESSION_FILE, LM_FILE
 from .model import MusicGenModel
-from .types import GenerationRequest, GenerationResult
+from .types import GenerationRequest, GenerationResult, Partial
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,10 @@ class MusicGenEngine:
         return int((weights + cache + t5) * 1.2 / 2**20) + 512
 
     # -- generation ------------------------------------------------------------------------------------------------
-    def generate(self, requests: list[GenerationRequest],
-                 progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
-        """Generate every request; those naming the same model run as one batch. Results keep the request order."""
+    def generate(self, requests: list[GenerationRequest], progress: Callable[[int, int], None] | None = None,
+                 partial: Partial | None = None, partial_seconds: float = 0.0) -> list[GenerationResult]:
+        """Generate every request; those naming the same model run as one batch. Results keep the request order.
+        `partial` gets (index in `requests`, audio so far, rate) every `partial_seconds` of audio (native backend)."""
         for req in requests:
             validate(req)
         groups: OrderedDict[str, list[int]] = OrderedDict()
@@ -198,7 +199,8 @@ class MusicGenEngine:
                     if self.backend == "audiocraft":
                         outs = [self._reference_one(model, r, progress) for r in batch]
                     else:
-                        outs = model.generate(batch, progress)
+                        hook = None if partial is None else (lambda row, audio, sr, idx=idx: partial(idx[row], audio, sr))
+                        outs = model.generate(batch, progress, hook, partial_seconds)
             except torch.cuda.OutOfMemoryError as exc:
                 self._release()
                 raise GaryError(ErrorCode.GPU_OOM, f"out of GPU memory generating with {name}") from exc

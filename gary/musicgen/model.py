@@ -15,10 +15,10 @@ from garycommon.errors import ErrorCode, GaryError, ModelLoadError
 from .checkpoint import COMPRESSION_FILE, LM_FILE, compression_config, config_dict, lm_config, load_pickle
 from .conditioning import TextCondition, TextConditioner
 from .encodec import Encodec, StereoInterleaved, build_compression
-from .generate import Job, Progress, generate_eager
+from .generate import Job, Progress, TokensSoFar, generate_eager
 from .lm import MusicGenLM, build_lm
 from .sampling import token_keys
-from .types import GenerationRequest, GenerationResult
+from .types import GenerationRequest, GenerationResult, Partial
 
 T5Provider = Callable[[str], tuple[object, torch.nn.Module]]
 MAX_DURATION_S = 300.0  # longest output accepted (generated window by window past the model's own length)
@@ -133,21 +133,33 @@ class MusicGenModel:
                   float(req.cfg_coef), int(seed))
         return job, int(seed)
 
-    def _run(self, jobs: list[Job], progress: Progress | None) -> list[torch.Tensor]:
+    def _run(self, jobs: list[Job], progress: Progress | None, tokens_so_far: TokensSoFar | None = None,
+             every: int = 0) -> list[torch.Tensor]:
         if self.fast is not None:
-            return self.fast.generate(jobs, progress)
-        return generate_eager(self.lm, jobs, self.dtype, self.keys, progress)
+            return self.fast.generate(jobs, progress, tokens_so_far, every)
+        return generate_eager(self.lm, jobs, self.dtype, self.keys, progress, tokens_so_far, every)
 
     @torch.no_grad()
-    def generate(self, requests: list[GenerationRequest],
-                 progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
-        """Requests within the model's window run as one batch; longer ones are extended window by window after."""
+    def generate(self, requests: list[GenerationRequest], progress: Callable[[int, int], None] | None = None,
+                 partial: Partial | None = None, partial_seconds: float = 0.0) -> list[GenerationResult]:
+        """Requests within the model's window run as one batch; longer ones are extended window by window after.
+
+        `partial`: every `partial_seconds` of generated audio, each request's audio so far (decoded from the tokens
+        complete in every codebook) for clients that start playing before the end; single-window requests only."""
         prepared = [self.to_job(r) for r in requests]
         window = int(self.max_duration * self.frame_rate)
         short = [i for i, (j, _) in enumerate(prepared) if j.frames <= window]
         codes: dict[int, torch.Tensor] = {}
         if short:
-            codes.update(zip(short, self._run([prepared[i][0] for i in short], progress), strict=True))
+            hook, every = None, 0
+            if partial is not None and partial_seconds > 0:
+                every = max(1, int(round(partial_seconds * self.frame_rate)))
+
+                def hook(so_far: list[torch.Tensor], _frames: int) -> None:
+                    for row, audio in enumerate(self.decode(so_far)):
+                        partial(short[row], audio, self.sample_rate)
+
+            codes.update(zip(short, self._run([prepared[i][0] for i in short], progress, hook, every), strict=True))
         for i, req in enumerate(requests):
             if i not in codes:
                 codes[i] = self._extend(prepared[i][0], req.duration, progress)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,3 +29,8 @@ class GenerationResult:
     audio: torch.Tensor  # [C, T] float32 at sample_rate (C=1 mono models, 2 stereo models)
     sample_rate: int
     seed: int
+
+
+# (index of the request in the call, its audio so far [C, T] float32 on the CPU, sample rate): called from the
+# generating thread every few seconds of generated audio, for clients that play a long generation as it grows
+Partial = Callable[[int, torch.Tensor, int], None]

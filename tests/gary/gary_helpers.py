@@ -40,7 +40,10 @@ class Recorder:
     def __init__(self) -> None:
         import socketio
 
-        self.client = socketio.AsyncClient(reconnection=False)
+        from garycommon.httpapp import WS_MAX_BYTES
+
+        # messages as large as the server's cap: aiohttp's 4 MB default drops the connection on a long result
+        self.client = socketio.AsyncClient(reconnection=False, websocket_extra_options={"max_msg_size": WS_MAX_BYTES})
         self.events: list[tuple[str, Any]] = []
         self._changed = asyncio.Event()
 
