@@ -74,7 +74,7 @@ def two_hosts(redis_server: Any, mongo_server: Any, tmp_path_factory: pytest.Tem
 
     import redis
 
-    redis.Redis.from_url(redis_server.url).flushall()  # the session's shared redis-server: start from nothing
+    redis.Redis.from_url(redis_server.url).flushall()  # this folder's own redis-server (conftest.py): start from nothing
     base["MONGODB_DB"] = f"two_hosts_{os.getpid()}"
     mongo_url = mongo_server.url
     common = {"redis:6379": redis_server.url.rsplit("/", 1)[0] + "/", "mongo:27017": mongo_url,
