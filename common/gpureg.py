@@ -1,7 +1,7 @@
 """GPU services tell the queue gateway which cards they run on (issue 14, item 9).
 
 A gateway without QUEUE_GPUS, GPU_VRAM_MB or a card of its own (the compose queue container) budgets a made-up
-placeholder until a worker registers. Every GPU service therefore registers the cards it sees (`cuda:<index>`, total
+placeholder until a worker registers. Every GPU service therefore registers the cards it sees (`[GPU_HOST/]cuda:<index>`, total
 MB minus QUEUE_RESERVE_MB) at start and again every REGISTER_EVERY_S, so a restarted gateway or a wiped Redis learns
 them again. Cards are only registered while the gateway's budget is the placeholder or already worker-registered
 (`gpu_source` in `/queue`): a gateway told its cards by the operator is never second-guessed, and never counts a card
@@ -41,8 +41,19 @@ def local_cards(settings: Settings) -> Cards:
         return []
     if not torch.cuda.is_available():
         return []
-    return [(f"cuda:{i}", torch.cuda.get_device_properties(i).total_memory // (1024 * 1024) - settings.queue_reserve_mb)
+    prefix = f"{settings.gpu_host}/" if settings.gpu_host else ""
+    return [(f"{prefix}cuda:{i}",
+             torch.cuda.get_device_properties(i).total_memory // (1024 * 1024) - settings.queue_reserve_mb)
             for i in range(torch.cuda.device_count())]
+
+
+_OWN: set[str] = set()
+
+
+def own_gpus() -> list[str] | None:
+    """The cards this process registered (None before, or when the operator configured the gateway's cards): its
+    leases and tasks are granted on these only, so a second GPU host never spends the first host's VRAM."""
+    return sorted(_OWN) or None
 
 
 async def register_once(client: Any, cards: Cards, service: str) -> bool:
@@ -56,6 +67,7 @@ async def register_once(client: Any, cards: Cards, service: str) -> bool:
         if known.get(gpu_id) != mb:
             await client.register_gpu(gpu_id, mb, host=service)
             log.info("%s: registered %s (%d MB) with the GPU queue gateway", service, gpu_id, mb)
+    _OWN.update(gpu_id for gpu_id, _ in cards)
     return True
 
 
@@ -82,6 +94,7 @@ async def register_cards_forever(settings: Settings, service: str, cards: Callab
                     told = exc.message
             await asyncio.sleep(every)
     finally:
+        _OWN.difference_update(gpu_id for gpu_id, _ in found)  # this process no longer speaks for them
         with contextlib.suppress(Exception):
             await client.aclose()
 

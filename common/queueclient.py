@@ -21,7 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +61,19 @@ def lane_prefix(lane: str) -> str:
 class QueueClient:
     """Talks to one gateway base URL with one pooled HTTP client; every call has a timeout."""
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 5.0,
+                 gpus: Callable[[], list[str] | None] | None = None) -> None:
+        """`gpus`: the cards this process may use (asked at each request; None = any), named in every task and lease
+        that does not name its own."""
+        self._gpus = gpus
         headers = {"X-API-Key": api_key} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout,
                                        limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY_S))
+
+    def _own_gpus(self) -> list[str] | None:
+        return self._gpus() if self._gpus is not None else None
 
     # --- transport -------------------------------------------------------------------------------------------
     async def _request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
@@ -105,7 +112,7 @@ class QueueClient:
         answered 409 instead of being handed that job's task."""
         body: dict[str, Any] = {"session_id": session_id, "task_type": task_type, "data": data}
         for key, value in (("callback_url", callback_url), ("model", model), ("vram_mb", vram_mb),
-                           ("client_key", client_key), ("job_id", job_id)):
+                           ("client_key", client_key), ("job_id", job_id), ("gpus", self._own_gpus())):
             if value is not None:
                 body[key] = value
         out = await self._request("POST", f"{lane_prefix(lane)}/tasks", json=body)
@@ -163,7 +170,7 @@ class QueueClient:
         # our own id makes the request idempotent: a retried POST cannot queue a second request
         body: dict[str, Any] = {"model": model, "lane": lane, "owner": owner, "resident": resident,
                                 "session_id": f"lease-{uuid.uuid4().hex[:16]}"}
-        for key, value in (("vram_mb", vram_mb), ("client_key", client_key), ("gpus", gpus)):
+        for key, value in (("vram_mb", vram_mb), ("client_key", client_key), ("gpus", gpus or self._own_gpus())):
             if value is not None:
                 body[key] = value
         state = await self._request("POST", "/leases", json=body)

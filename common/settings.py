@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     queue_gpus: str = Field(
         "", description="Queue gateway: GPUs as `id=MB,...` (e.g. `hostA/0=80000,hostA/1=80000`); empty = GPU_VRAM_MB or detected"
     )
+    gpu_host: str = Field("", pattern=r"^[A-Za-z0-9_.-]{0,40}$", description="GPU services: the name this host's "
+                          "cards carry at the gateway (`<GPU_HOST>/cuda:<i>`); give each GPU host sharing one gateway "
+                          "its own (empty: `cuda:<i>`)")
     queue_reserve_mb: int = Field(
         2560, ge=0,
         description="Queue gateway: MB kept free per detected GPU for the CUDA contexts of the GPU services (~800 MB each for "

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from garycommon.errors import GaryError
+from garycommon.gpureg import own_gpus
 from garycommon.keys import secret
 from garycommon.queueclient import QueueClient
 from garycommon.settings import Settings
@@ -50,7 +51,7 @@ class GatewayDispatcher:
         self.settings = settings
         self.vram_for = vram_for
         # gary's own credential, never a user key: user limits count the end client it forwards as client_key
-        self.client = QueueClient(settings.queue_url, api_key=secret(settings.service_key))
+        self.client = QueueClient(settings.queue_url, api_key=secret(settings.service_key), gpus=own_gpus)
 
     async def start(self, run: RunJob) -> None:
         """Nothing to run here: `ready` callbacks start jobs."""

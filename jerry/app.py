@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from garycommon.docs_assets import install_offline_docs
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.gpureg import own_gpus
 from garycommon.httpapp import install_error_handlers
 from garycommon.keys import secret
 from garycommon.metrics import install_metrics
@@ -112,7 +113,7 @@ async def hold_resident_lease(state: JerryState) -> None:
         return
     delay = 2.0
     # the service credential: a resident lease must never count against (and fill) a user's key
-    client = QueueClient(settings.queue_url, api_key=secret(settings.service_key))
+    client = QueueClient(settings.queue_url, api_key=secret(settings.service_key), gpus=own_gpus)
     try:
         while True:
             try:

@@ -79,10 +79,11 @@ class TerryService:
         emitter = RedisRoomEmitter(settings.redis_url, settings.socketio_channel)
         queue = None
         if settings.queue_url:
+            from garycommon.gpureg import own_gpus
             from garycommon.queueclient import QueueClient
 
             # terry's own credential: its leases never count against (and fill) a user's key
-            queue = QueueClient(settings.queue_url, api_key=secret(settings.service_key))
+            queue = QueueClient(settings.queue_url, api_key=secret(settings.service_key), gpus=own_gpus)
         return cls(settings, loader=loader, redis=redis, emitter=emitter, queue=queue)
 
     @property

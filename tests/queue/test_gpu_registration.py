@@ -18,6 +18,16 @@ from garycommon.settings import Settings
 CARDS = [("cuda:0", 16000), ("cuda:1", 16000)]
 
 
+@pytest.fixture(autouse=True)
+def _no_cards_left_behind() -> None:
+    """Registering makes this (test) process's own clients name the cards: never let that leak into other tests."""
+    from garycommon import gpureg
+
+    gpureg._OWN.clear()
+    yield
+    gpureg._OWN.clear()
+
+
 async def _until(check, within: float = 15.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + within
     while not check():
@@ -65,3 +75,33 @@ async def test_configured_cards_are_never_second_guessed(make_gateway, redis_url
     snap = _queue(gw.url)
     assert snap["gpu_source"] == "configured"
     assert [(g["id"], g["capacity_mb"]) for g in snap["gpus"]] == [("hostA/0", 24000)]  # no card counted twice
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="the gateway detects this machine's own cards")
+async def test_two_hosts_each_spend_only_their_own_cards(make_gateway, redis_url: str) -> None:  # noqa: ANN001
+    """A worker host joins: each host's cards carry its GPU_HOST, and each host's leases are granted on its own cards
+    only (a lease budgeted on one host's card and run on the other's would overcommit that card)."""
+    from garycommon import gpureg
+    from garycommon.queueclient import QueueClient
+
+    gw = make_gateway(queue_gpus="", gpu_vram_mb=None)
+    admin = QueueClient(gw.url)
+    try:
+        assert await gpureg.register_once(admin, [("main/cuda:0", 1000)], "gary")
+        assert gpureg.own_gpus() == ["main/cuda:0"]  # what this process's clients now name in every request
+        assert await gpureg.register_once(admin, [("worker1/cuda:0", 1000)], "gary")
+    finally:
+        gpureg._OWN.clear()
+        await admin.aclose()
+    hosts = {h: QueueClient(gw.url, gpus=lambda h=h: [f"{h}/cuda:0"]) for h in ("main", "worker1")}
+    try:
+        async with hosts["main"].lease("m", lane="jerry", owner="main", vram_mb=800) as a, \
+                hosts["worker1"].lease("m", lane="jerry", owner="worker1", vram_mb=200) as b:
+            assert (a.gpu, b.gpu) == ("main/cuda:0", "worker1/cuda:0")
+            # main's card has 200 MB left: a 300 MB lease of main's waits for it, never spilling onto worker1's 800
+            with pytest.raises(Exception, match="no GPU lease"):
+                async with hosts["main"].lease("m", lane="jerry", owner="main2", vram_mb=300, wait_timeout=1.0):
+                    pass
+    finally:
+        for client in hosts.values():
+            await client.aclose()
