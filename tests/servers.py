@@ -23,6 +23,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` right now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
 def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
     """Until something listens on `port`; fails at once if `proc` (the child meant to listen) exits first."""
     deadline = time.monotonic() + timeout

@@ -7,7 +7,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import soundfile as sf
-from servers import free_port
+from servers import free_port, listening
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +27,6 @@ def _wav_b64(seconds: float = 3.0, sr: int = 44100) -> str:
     buf = io.BytesIO()
     sf.write(buf, data.astype(np.float32), sr, format="WAV", subtype="PCM_16")
     return base64.b64encode(buf.getvalue()).decode()
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 def test_stack_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
@@ -93,5 +84,5 @@ def test_stack_up_demo_serves_and_stops_cleanly(tmp_path: Path) -> None:
         log.close()
     assert rc == 0
     time.sleep(0.5)
-    still = [n for n, p in ports.items() if _listening(p)]
+    still = [n for n, p in ports.items() if listening(p)]
     assert not still, f"still listening after Ctrl-C: {still}"

@@ -11,7 +11,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -56,14 +55,6 @@ def socketio_client() -> Any:
     import socketio
 
     return socketio.AsyncClient(reconnection=False, websocket_extra_options={"max_msg_size": WS_MAX_BYTES})
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from stack_harness import MODEL, Stack, listening, running_stack, wav_b64
+from servers import listening
+from stack_harness import MODEL, Stack, running_stack, wav_b64
 
 pytestmark = pytest.mark.slow
 BACK_WITHIN = 180.0  # a restarted torch service imports for a while on 2 busy cores
