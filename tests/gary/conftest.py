@@ -125,3 +125,15 @@ def gateway(redis_server: Any) -> Iterator[str]:
     server = ThreadedServer(create_app(settings)).start()
     yield server.url
     server.stop()
+
+
+@pytest.fixture
+def footprint(gary: Any) -> Iterator[Any]:
+    """What a bad request may leave behind (sessions, audio files, Redis keys): nothing, checked after the test.
+    Uses the module's own `gary` fixture."""
+    from gary_helpers import Footprint
+
+    fp = Footprint(gary)
+    before = fp.snapshot()
+    yield fp
+    assert fp.snapshot() == before, "bad input must leave nothing behind"

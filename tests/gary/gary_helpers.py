@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import redis
 import soundfile as sf
 
 MODEL = "thepatch/vanya_ai_dnb_0.1"
@@ -91,3 +93,21 @@ class Recorder:
 
 async def recorder(url: str) -> Recorder:
     return await Recorder().connect(url)
+
+
+class Footprint:
+    """What a request could leave behind: session rows, audio files, Redis keys."""
+
+    def __init__(self, gary: Any) -> None:
+        self.data_dir = gary.settings.data_dir
+        self.redis = redis.Redis.from_url(gary.settings.redis_url)
+
+    def snapshot(self) -> tuple[int, int, set[bytes]]:
+        db = self.data_dir / "sessions.sqlite3"
+        rows = 0
+        if db.exists():
+            with sqlite3.connect(db) as conn:
+                rows = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+        files = sum(1 for p in (self.data_dir / "audio").rglob("*.wav")) if (self.data_dir / "audio").exists() else 0
+        keys = {k for k in self.redis.scan_iter() if not k.startswith(b"gary:active_generations")}
+        return rows, files, keys

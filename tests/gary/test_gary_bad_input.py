@@ -7,16 +7,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import redis
 from conftest import Gary
-from gary_helpers import MODEL, Recorder, recorder, wav_b64
+from gary_helpers import MODEL, Footprint, Recorder, recorder, wav_b64
 
 from garycommon.keys import sign
 
@@ -43,30 +40,8 @@ def signed(body: bytes, nid: str = "") -> dict[str, str]:
             **({"X-Notification-ID": nid} if nid else {})}
 
 
-class Footprint:
-    """What a request could leave behind: session rows, audio files, Redis keys."""
-
-    def __init__(self, gary: Gary) -> None:
-        self.data_dir = gary.settings.data_dir
-        self.redis = redis.Redis.from_url(gary.settings.redis_url)
-
-    def snapshot(self) -> tuple[int, int, set[bytes]]:
-        db = self.data_dir / "sessions.sqlite3"
-        rows = 0
-        if db.exists():
-            with sqlite3.connect(db) as conn:
-                rows = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
-        files = sum(1 for p in (self.data_dir / "audio").rglob("*.wav")) if (self.data_dir / "audio").exists() else 0
-        keys = {k for k in self.redis.scan_iter() if not k.startswith(b"gary:active_generations")}
-        return rows, files, keys
 
 
-@pytest.fixture
-def footprint(gary: Gary) -> Iterator[Footprint]:
-    fp = Footprint(gary)
-    before = fp.snapshot()
-    yield fp
-    assert fp.snapshot() == before, "bad input must leave nothing behind"
 
 
 async def expect_error(rec: Recorder, event: str, payload: Any, contains: str, code: str | None = None) -> dict:

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 from conftest import Gary
-from gary_helpers import MODEL, recorder, wav_b64
+from gary_helpers import MODEL, Footprint, recorder, wav_b64
 from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
 from servers import ThreadedServer
-from test_gary_bad_input import Footprint, expect_error
+from test_gary_bad_input import expect_error
 
 from garycommon.settings import Settings
 
@@ -28,12 +28,6 @@ def gary(make_gary: Any) -> Gary:
     return make_gary()
 
 
-@pytest.fixture
-def footprint(gary: Gary) -> Iterator[Footprint]:
-    fp = Footprint(gary)
-    before = fp.snapshot()
-    yield fp
-    assert fp.snapshot() == before, "bad input must leave nothing behind"
 
 
 def test_absurd_rate_header_is_a_400(gary: Gary, footprint: Footprint) -> None:

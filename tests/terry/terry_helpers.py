@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import torch
 from servers import ThreadedServer
 
@@ -112,3 +113,12 @@ async def until(predicate: Callable[[], bool], limit_s: float = 30.0, what: str 
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.01)
+
+
+def stored_keys(t: Any, session_id: str) -> list[bytes]:
+    """Redis keys naming `session_id` in terry's Redis: bad input must leave none."""
+    r = redis.Redis.from_url(t.settings.redis_url)
+    try:
+        return [k for k in r.keys("*") if session_id.encode() in k]
+    finally:
+        r.close()

@@ -8,8 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from terry_helpers import Terry, wav_b64
+from terry_helpers import Terry, stored_keys, wav_b64
 
 SID = "bad-input-session"
 
@@ -25,12 +24,6 @@ def _post(t: Terry, body: Any = None, *, content: bytes | None = None, headers: 
     return httpx.post(f"{t.url}/transform", headers=headers, timeout=30, **kwargs)
 
 
-def _stored(t: Terry) -> list[bytes]:
-    r = redis.Redis.from_url(t.settings.redis_url)
-    try:
-        return [k for k in r.keys("*") if SID.encode() in k]
-    finally:
-        r.close()
 
 
 def test_bad_inputs_get_clear_4xx_and_store_nothing(bare: Terry) -> None:
@@ -64,7 +57,7 @@ def test_bad_inputs_get_clear_4xx_and_store_nothing(bare: Terry) -> None:
         assert resp.status_code == status, (body, content, resp.text)
         assert fragment in resp.json()["error"], (fragment, resp.json())
         assert resp.json()["code"]
-    assert _stored(bare) == []
+    assert stored_keys(bare, SID) == []
 
 
 def test_unloadable_model_is_503_and_health_says_why(bare: Terry) -> None:

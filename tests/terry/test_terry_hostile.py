@@ -10,9 +10,8 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-import redis
 from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
-from terry_helpers import Terry, wav_b64
+from terry_helpers import Terry, stored_keys, wav_b64
 
 SID = "hostile-session"
 BASE = {"session_id": SID, "variation": "celtic"}
@@ -23,12 +22,6 @@ def bare(make_terry: Callable[..., Terry]) -> Terry:
     return make_terry(models=False)
 
 
-def _stored(t: Terry) -> list[bytes]:
-    r = redis.Redis.from_url(t.settings.redis_url)
-    try:
-        return [k for k in r.keys("*") if SID.encode() in k]
-    finally:
-        r.close()
 
 
 def _post_raw(t: Terry, raw: bytes) -> httpx.Response:
@@ -41,7 +34,7 @@ def test_absurd_rate_header_is_a_400(bare: Terry) -> None:
     (bare.settings.transfer_dir / "evil.wav").write_bytes(hostile_wav())
     r = httpx.post(f"{bare.url}/transform", json={**BASE, "audio_file_path": "evil.wav"}, timeout=10)
     assert r.status_code == 400 and "2147483647 Hz is outside" in r.json()["error"], r.text
-    assert _stored(bare) == []
+    assert stored_keys(bare, SID) == []
 
 
 def test_deep_json_and_non_finite_numbers_are_400(bare: Terry) -> None:
@@ -54,7 +47,7 @@ def test_deep_json_and_non_finite_numbers_are_400(bare: Terry) -> None:
             raw = f'{{"session_id": "{SID}", "variation": "celtic", "audio": "{audio}", "{field}": {literal}}}'
             r = _post_raw(bare, raw.encode())
             assert r.status_code == 400 and "finite" in r.json()["error"], (field, literal, r.text)
-    assert _stored(bare) == []
+    assert stored_keys(bare, SID) == []
 
 
 def test_a_named_pipe_is_refused_at_once(bare: Terry) -> None:
@@ -67,7 +60,7 @@ def test_a_named_pipe_is_refused_at_once(bare: Terry) -> None:
     (bare.settings.transfer_dir / "dir.wav").mkdir()
     r = httpx.post(f"{bare.url}/transform", json={**BASE, "audio_file_path": "dir.wav"}, timeout=10)
     assert r.status_code == 400 and "not a regular file" in r.json()["error"], r.text
-    assert _stored(bare) == []
+    assert stored_keys(bare, SID) == []
 
 
 def test_openapi_documents_what_is_sent_and_the_key_scheme(bare: Terry) -> None:
