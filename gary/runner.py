@@ -404,11 +404,11 @@ class JobRunner:
         return callback
 
     async def _send_partial(self, job: Job, prepared: pipeline.Prepared, audio: Any, rate: int) -> None:
-        if job.state not in ("warming", "processing"):
+        if job.state not in RUNNING_STATES:
             return  # the result is out already
-        wav = await asyncio.to_thread(pipeline.partial_wav, prepared, audio, rate)
+        audio_b64 = await asyncio.to_thread(
+            lambda: base64.b64encode(pipeline.partial_wav(prepared, audio, rate)).decode("ascii"))
         seconds = round(audio.shape[-1] / rate, 3)
-        audio_b64 = await asyncio.to_thread(lambda: base64.b64encode(wav).decode("ascii"))
         await self.status.set_partial(job.job_id, audio_b64)
         await self.notifier.emit("partial_audio", {"session_id": job.session_id, "job_id": job.job_id,
                                                    "audio_data": audio_b64, "generated_seconds": seconds,
@@ -444,10 +444,11 @@ class JobRunner:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process of this host still has `pid` (one owned by another user counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
