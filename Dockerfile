@@ -24,7 +24,8 @@ FROM base AS queue
 RUN deploy/install.sh queue deps
 # The whole source tree only because pyproject lists every package; the services' code is inert here.
 COPY pyproject.toml README.md ./
-COPY common common
+COPY garycommon garycommon
+COPY garystack garystack
 COPY gary gary
 COPY jerry jerry
 COPY terry terry
@@ -40,7 +41,8 @@ FROM base AS engines
 # The slow layer (a few GB of wheels) first, so code edits rebuild only the project layer.
 RUN deploy/install.sh gpu deps
 COPY pyproject.toml README.md ./
-COPY common common
+COPY garycommon garycommon
+COPY garystack garystack
 COPY gary gary
 COPY jerry jerry
 COPY terry terry

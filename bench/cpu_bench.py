@@ -160,7 +160,7 @@ def sao(work: Path, reps: int) -> dict[str, Any]:
 
     device = torch.device("cpu")
     seconds = 12.0
-    config = json.loads((ROOT / "tests/jerry_engine/sao_small_model_config.json").read_text())
+    config = json.loads((ROOT / "tests/jerry_sao/sao_small_model_config.json").read_text())
     write_tiny_t5(work / "t5-base", d_model=768, d_kv=64, num_heads=12, d_ff=3072, num_layers=12)
     state = random_state_dict(config, seed=0)
     (work / "sao").mkdir(exist_ok=True)

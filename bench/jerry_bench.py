@@ -1,6 +1,6 @@
 """jerry engine benchmark: our SAO-small engine vs stable-audio-tools 0.0.19 in the same run, same random weights.
 
-Random weights of SAO-small's real size (config: tests/jerry_engine/sao_small_model_config.json) plus a random T5
+Random weights of SAO-small's real size (config: tests/jerry_sao/sao_small_model_config.json) plus a random T5
 with T5-base's dimensions; 12 s (the full 524288-sample window) at 8 pingpong steps, batch 1 and 8. Every timed call
 starts from the prompt strings (T5 encoding included) and ends with float32 audio on the host (VAE decode included).
 
@@ -109,7 +109,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script on purpose: it runs ins
         config = tiny_config(sample_size=2048 * 16)
         write_tiny_t5(work / "t5-base")
     else:
-        config = json.loads((ROOT / "tests/jerry_engine/sao_small_model_config.json").read_text())
+        config = json.loads((ROOT / "tests/jerry_sao/sao_small_model_config.json").read_text())
         write_tiny_t5(work / "t5-base", d_model=768, d_kv=64, num_heads=12, d_ff=3072, num_layers=12)
     t0 = time.perf_counter()
     state = random_state_dict(config, seed=0)

@@ -54,7 +54,7 @@ OPTIONAL = ["spacy", "librosa", "av", "torchmetrics", "wandb"]
 
 
 def bootstrap(carried: bool = True) -> None:
-    """Import paths for a raw checkout: carried site folders (the GPU machine's Python), and `garycommon` from common/."""
+    """Import paths for a raw checkout: carried site folders (the GPU machine's Python), and the repo's package folders."""
     for extra in (ROOT / ".whl-musicgen" / "site312", ROOT / ".whl-musicgen" / "site"):
         if carried and extra.is_dir():
             sys.path.insert(0, str(extra))

@@ -350,8 +350,8 @@ class Services:
     """redis-server + one gateway (the real `gpu-queue-server` CLI) configured with two GPUs; stopped on exit."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from garycommon.stack import start_redis, wait_listening
         from garycommon.textenc import write_tiny_t5
+        from garystack.processes import start_redis, wait_listening
         from gpuqueue.vram import detect_gpus
 
         self.started = time.perf_counter()
@@ -382,7 +382,7 @@ class Services:
             raise
 
     def stop(self) -> None:
-        from garycommon.stack import stop_all
+        from garystack.processes import stop_all
 
         stop_all(self.procs)
 

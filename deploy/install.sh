@@ -22,7 +22,7 @@ phases=("$@")
 case "$target" in
   base) lock= imports= ;;
   gpu) lock=requirements/runtime.lock.txt
-       imports="import gary.app, gary.cli, jerry.app, jerry.cli, jerry.sao, terry.app, terry.cli, garycommon.pull" ;;
+       imports="import gary.app, gary.cli, jerry.app, jerry.cli, jerry.sao, terry.app, terry.cli, garystack.cli" ;;
   queue) lock=requirements/queue.lock.txt
          imports="import gpuqueue.app, gpuqueue.cli, garycommon.queueclient" ;;
   *) echo "unknown target $target (gpu or queue)" >&2; exit 2 ;;

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import MongoServer, free_port, wait_port
+
+from tests.servers import MongoServer, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -42,11 +42,14 @@ def test_stdlib_queue_wins_from_repo_root() -> None:
     assert out.stdout.strip() == "queue"
 
 
-def test_test_module_basenames_are_unique() -> None:
-    """pytest imports test folders without __init__.py by basename: two test_x.py would break collection."""
-    seen: dict[str, Path] = {}
-    for path in (ROOT / "tests").rglob("test_*.py"):
-        if "node_modules" in path.parts or (path.parent / "__init__.py").exists():
+def test_test_folders_are_packages_named_after_what_they_test() -> None:
+    """Every test folder is a package (helpers import as `tests.<folder>.<module>`, so two folders may hold modules of
+    the same name) named after a package of the product, or one of the cross-cutting suites."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {name.replace(".", "_") for name in cfg["packages"]}
+    cross_cutting = {"flows", "deploy", "security", "node"}
+    for folder in sorted(p for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        if folder.name == "node":  # the node socket.io-client scripts, no Python
             continue
-        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
-        seen[path.name] = path
+        assert (folder / "__init__.py").exists(), f"{folder} is not a package"
+        assert folder.name in packages | cross_cutting, f"{folder.name}: name it after the package it tests"

@@ -11,7 +11,7 @@ checkpoint was trained with (betweentwomidnights/melodyflow @ 4c1315a: `models/f
 `torch.nn.utils.parametrizations.weight_norm`, `modules/lstm.py`). Cross-checked against the public converter of the
 real files (betweentwomidnights/audiocraft.cpp `tools/convert_melodyflow_dit.py` / `convert_seanet.py`, which consume
 every source tensor): the DiT holds 334 tensors (310 + one shared RoPE buffer repeated under each of the 24 layers) and
-962,425,632 parameters; the VAE converts to 120 tensors / 59,660,354 parameters. `tests/terry_engine` pins both counts.
+962,425,632 parameters; the VAE converts to 120 tensors / 59,660,354 parameters. `tests/terry_melodyflow` pins both counts.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ and integrates back up to 1 under the text prompt (guided). Lower flowstep = mor
   `x + v dt` — and the last `keep_last` evaluations also run a re-noised copy `(1-s) eps + s x0 + 1e-5 eps'`, pulling v
   toward that copy's velocity by 4 clipped gradient steps (lr `lambda_kl`) on a patch-wise Gaussian KL; the step then
   uses the weighted mean of the refined velocities. The gradient is written out analytically (no autograd), so it runs
-  under inference mode and inside CUDA-graph-friendly code; `tests/terry_engine` checks it against autograd.
+  under inference mode and inside CUDA-graph-friendly code; `tests/terry_melodyflow` checks it against autograd.
 """
 
 from __future__ import annotations

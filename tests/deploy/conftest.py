@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import free_port, wait_port
+
+from tests.servers import free_port, wait_port
 
 
 @dataclass

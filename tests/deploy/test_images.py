@@ -20,12 +20,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import deploy_dockerfile as df
 import httpx
 import pytest
 import yaml
 from packaging.requirements import Requirement
-from servers import free_port
+
+from tests.deploy import deploy_dockerfile as df
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ def _pull(args: list[str], hf_home: Path, **env: str) -> subprocess.CompletedPro
     base = {k: v for k, v in os.environ.items()
             if not k.startswith(("HF_", "HUGGINGFACE_")) and k not in {"LOCAL_MODELS_DIR", "DEMO_MODELS"}}
     base.update(HF_HOME=str(hf_home), HF_HUB_DISABLE_TELEMETRY="1", **env)
-    return subprocess.run([sys.executable, "-m", "garycommon.stack", "pull", *args], env=base, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "garystack", "pull", *args], env=base, capture_output=True,
                           text=True, timeout=300)
 
 

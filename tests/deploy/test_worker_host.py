@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from servers import free_port, wait_port
+
+from tests.servers import free_port, wait_port
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from stack_harness import Stack, running_stack
+
+from tests.flows.stack_harness import Stack, running_stack
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
-from servers import free_port
 
 from garycommon.httpapp import WS_MAX_BYTES
+from tests.servers import free_port
 
 STEP_SECONDS = 15.0  # the issue's bound for one client step on the 2-core CI machine (demo models)
 START_SECONDS = 420.0  # three torch services importing at once on 2 cores
@@ -90,7 +90,7 @@ def stack_env(**overrides: str) -> dict[str, str]:
 def running_stack(workdir: Path, **env_overrides: str) -> Iterator[Stack]:
     """Starts `gary-stack up --demo` exactly as the README does (only the ports differ) and stops it with Ctrl-C."""
     ports = {name: free_port() for name in SERVICES}
-    argv = [sys.executable, "-c", "import sys; from garycommon.stack import main; sys.exit(main())", "up", "--demo",
+    argv = [sys.executable, "-c", "import sys; from garystack.cli import main; sys.exit(main())", "up", "--demo",
             "--data-dir", str(workdir / "data"), *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
     # a second gary replica may join later (tests/flows/test_shared_stack_flow.py): the gateway must know its URL to
     # call it back, as an operator adding a replica would configure it

@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import listening
-from stack_harness import MODEL, Stack, running_stack, wav_b64
+
+from tests.flows.stack_harness import MODEL, Stack, running_stack, wav_b64
+from tests.servers import listening
 
 pytestmark = pytest.mark.slow
 BACK_WITHIN = 180.0  # a restarted torch service imports for a while on 2 busy cores

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 import soundfile as sf
-from servers import free_port
-from stack_harness import MODEL, STEP_SECONDS, Stack, Steps, stack_env, start_service, stop, wait_http, wav_bytes
+
+from tests.flows.stack_harness import MODEL, STEP_SECONDS, Stack, Steps, stack_env, start_service, stop, wait_http, wav_bytes
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 

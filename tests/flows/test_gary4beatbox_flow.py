@@ -11,7 +11,8 @@ import time
 
 import httpx
 import pytest
-from stack_harness import MODEL, STEP_SECONDS, Stack, Steps, socketio_client, wav_seconds
+
+from tests.flows.stack_harness import MODEL, STEP_SECONDS, Stack, Steps, socketio_client, wav_seconds
 
 pytestmark = pytest.mark.slow
 ROUNDS = 3

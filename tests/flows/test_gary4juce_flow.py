@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from stack_harness import MODEL, Stack, Steps, wav_b64, wav_seconds
+
+from tests.flows.stack_harness import MODEL, Stack, Steps, wav_b64, wav_seconds
 
 pytestmark = pytest.mark.slow
 ROUNDS = 3

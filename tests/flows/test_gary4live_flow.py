@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from stack_harness import MODEL, STEP_SECONDS, Stack, wav_bytes
+
+from tests.flows.stack_harness import MODEL, STEP_SECONDS, Stack, wav_bytes
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 ROUNDS = 3

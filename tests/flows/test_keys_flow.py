@@ -19,10 +19,10 @@ import httpx
 import pytest
 import redis as redis_sync
 import yaml
-from stack_harness import MODEL, Stack, running_stack, socketio_client, wav_b64, wav_bytes
 
 from garycommon import rediskeys
 from garycommon.keys import key_identity
+from tests.flows.stack_harness import MODEL, Stack, running_stack, socketio_client, wav_b64, wav_bytes
 
 pytestmark = pytest.mark.slow
 FRIEND1, FRIEND2, ADMIN = "friend-one-key", "friend-two-key", "operator-admin-key"

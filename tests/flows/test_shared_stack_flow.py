@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 import redis as redis_sync
-from stack_harness import MODEL, Stack, Steps, socketio_client, stack_env, start_service, stop, wait_http, wav_b64
+
+from tests.flows.stack_harness import MODEL, Stack, Steps, socketio_client, stack_env, start_service, stop, wait_http, wav_b64
 
 pytestmark = pytest.mark.slow
 WAIT = 120.0

@@ -3,19 +3,16 @@ ports) on the shared real Redis, a real terry for transforms, and the real queue
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from servers import ThreadedServer, free_port
 
 from garycommon.settings import Settings
-
-OUTPUT_SECONDS = 2.0  # short generations keep the suite fast on CPU
-LEASE_TTL = 2.0  # the test gateway's lease TTL: a job longer than this lives only through heartbeats
+from tests.gary.gary_helpers import LEASE_TTL, OUTPUT_SECONDS, Gary  # noqa: F401 (fixtures' values)
+from tests.servers import ThreadedServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -31,31 +28,6 @@ def gary_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     install_melodyflow(settings)
     return root
-
-
-class Gary:
-    """One running gary: its URL, settings, and the context it serves (for reading state in assertions)."""
-
-    def __init__(self, server: ThreadedServer, settings: Settings) -> None:
-        self.server = server
-        self.settings = settings
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def ctx(self) -> Any:
-        return self.server.app.other_asgi_app.app.state.gary
-
-    def call(self, coro: Any, timeout: float = 30) -> Any:
-        return self.server.call(coro, timeout)
-
-    def hold_gpu(self) -> threading.Event:
-        """Occupy gary's one GPU worker thread until the returned event is set (jobs then wait in `warming`)."""
-        release = threading.Event()
-        self.ctx.runner.gpu.submit(release.wait, 60)
-        return release
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +103,7 @@ def gateway(redis_server: Any) -> Iterator[str]:
 def footprint(gary: Any) -> Iterator[Any]:
     """What a bad request may leave behind (sessions, audio files, Redis keys): nothing, checked after the test.
     Uses the module's own `gary` fixture."""
-    from gary_helpers import Footprint
+    from tests.gary.gary_helpers import Footprint
 
     fp = Footprint(gary)
     before = fp.snapshot()

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,12 @@ import numpy as np
 import redis
 import soundfile as sf
 
+from garycommon.settings import Settings
+from tests.servers import ThreadedServer
+
 MODEL = "thepatch/vanya_ai_dnb_0.1"
+OUTPUT_SECONDS = 2.0  # short generations keep the suite fast on CPU
+LEASE_TTL = 2.0  # the test gateway's lease TTL: a job longer than this lives only through heartbeats
 
 
 def wav_bytes(seconds: float, rate: int = 44100, channels: int = 2, *, left_hz: float = 220.0, right_hz: float = 330.0,
@@ -111,3 +117,41 @@ class Footprint:
         files = sum(1 for p in (self.data_dir / "audio").rglob("*.wav")) if (self.data_dir / "audio").exists() else 0
         keys = {k for k in self.redis.scan_iter() if not k.startswith(b"gary:active_generations")}
         return rows, files, keys
+
+
+class Gary:
+    """One running gary: its URL, settings, and the context it serves (for reading state in assertions)."""
+
+    def __init__(self, server: ThreadedServer, settings: Settings) -> None:
+        self.server = server
+        self.settings = settings
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def ctx(self) -> Any:
+        return self.server.app.other_asgi_app.app.state.gary
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        return self.server.call(coro, timeout)
+
+    def hold_gpu(self) -> threading.Event:
+        """Occupy gary's one GPU worker thread until the returned event is set (jobs then wait in `warming`)."""
+        release = threading.Event()
+        self.ctx.runner.gpu.submit(release.wait, 60)
+        return release
+
+
+async def expect_error(rec: Recorder, event: str, payload: Any, contains: str, code: str | None = None) -> dict:
+    mark = rec.mark()
+    await rec.emit(event, payload)
+    err = await rec.wait("error", after=mark, within=20)
+    assert isinstance(err["message"], str) and contains.lower() in err["message"].lower(), (event, payload, err)
+    if code:
+        assert err["code"] == code, err
+    await asyncio.sleep(0.05)
+    unexpected = [e for e, _ in rec.events[mark:] if e not in ("error",)]
+    assert not unexpected, f"{event} with bad input also produced {unexpected}"
+    return err

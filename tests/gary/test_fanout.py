@@ -11,10 +11,10 @@ import subprocess
 
 import pytest
 import redis as redis_sync
-from servers import free_port, wait_port
 
 from gary.fanout import PooledRedisManager
 from garycommon.settings import Settings
+from tests.servers import free_port, wait_port
 
 
 @pytest.fixture()

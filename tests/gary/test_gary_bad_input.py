@@ -12,10 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gary
-from gary_helpers import MODEL, Footprint, Recorder, recorder, wav_b64
 
 from garycommon.keys import sign
+from tests.gary.gary_helpers import MODEL, Footprint, Gary, Recorder, expect_error, recorder, wav_b64
 
 MiB = 1024 * 1024
 GOOD = {"audio_data": wav_b64(2.0), "model_name": MODEL, "prompt_duration": 1}
@@ -42,19 +41,6 @@ def signed(body: bytes, nid: str = "") -> dict[str, str]:
 
 
 
-
-
-async def expect_error(rec: Recorder, event: str, payload: Any, contains: str, code: str | None = None) -> dict:
-    mark = rec.mark()
-    await rec.emit(event, payload)
-    err = await rec.wait("error", after=mark, within=20)
-    assert isinstance(err["message"], str) and contains.lower() in err["message"].lower(), (event, payload, err)
-    if code:
-        assert err["code"] == code, err
-    await asyncio.sleep(0.05)
-    unexpected = [e for e, _ in rec.events[mark:] if e not in ("error",)]
-    assert not unexpected, f"{event} with bad input also produced {unexpected}"
-    return err
 
 
 @pytest.fixture

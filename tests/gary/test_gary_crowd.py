@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import socketio
-from conftest import Gary
-from gary_helpers import MODEL, wav_b64
+
+from tests.gary.gary_helpers import MODEL, Gary, wav_b64
 
 CLIENTS = 200
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
-from gary_helpers import MODEL, recorder, wav_b64
-from servers import free_port
+
+from tests.gary.gary_helpers import MODEL, recorder, wav_b64
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,12 @@ from typing import Any
 import httpx
 import pytest
 import socketio
-from conftest import Gary
-from fuzzing import ValidClient, any_json, fuzz_http, fuzz_settings, scalars
-from gary_helpers import MODEL, wav_b64
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gary.payloads import ContinueRequest, CropRequest, ProcessAudioRequest, RetryRequest, SessionRequest, TransformRequest
+from tests.fuzzing import ValidClient, any_json, fuzz_http, fuzz_settings, scalars
+from tests.gary.gary_helpers import MODEL, Gary, wav_b64
 
 EVENTS = ["process_audio_request", "continue_music_request", "retry_music_request", "transform_audio_request",
           "undo_transform_request", "update_cropped_audio", "restore_processed_audio", "begin_restore_audio",

@@ -10,13 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gary
-from gary_helpers import MODEL, Footprint, recorder, wav_b64
-from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
-from servers import ThreadedServer
-from test_gary_bad_input import expect_error
 
 from garycommon.settings import Settings
+from tests.gary.gary_helpers import MODEL, Footprint, Gary, expect_error, recorder, wav_b64
+from tests.hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
+from tests.servers import ThreadedServer
 
 EVIL = base64.b64encode(hostile_wav()).decode()
 CALLBACK = "http://127.0.0.1:9"  # the callback base gary names and the tiny gateway allows
@@ -143,7 +141,7 @@ async def test_socketio_message_cap_is_answered_under_it_and_named_over_it(gary:
 
 def test_gateway_down_is_503_retrying_not_500(make_gary: Any) -> None:
     """While the gateway is down (restarting under gary-stack), a bang is a short 503 "retrying" with Retry-After."""
-    from servers import free_port
+    from tests.servers import free_port
 
     g = make_gary(queue_url=f"http://127.0.0.1:{free_port()}")
     with httpx.Client(base_url=g.url, timeout=30) as http:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gary_helpers import recorder, wav_b64
+
+from tests.gary.gary_helpers import recorder, wav_b64
 
 
 async def test_a_failed_job_is_one_line_with_job_session_and_reason(make_gary: Any, tmp_path: Path,

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import OUTPUT_SECONDS, Gary
-from gary_helpers import MODEL, decode_b64_wav, recorder, wav_b64
+
+from tests.gary.gary_helpers import MODEL, OUTPUT_SECONDS, Gary, decode_b64_wav, recorder, wav_b64
 
 POLL_KEYS = {"success", "session_id", "generation_in_progress", "transform_in_progress", "progress", "status", "error",
              "audio_data", "queue_status", "session_data"}

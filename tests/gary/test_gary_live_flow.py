@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from conftest import OUTPUT_SECONDS, Gary
-from gary_helpers import MODEL, Recorder, decode_b64_wav, recorder, wav_b64, wav_bytes
+
+from tests.gary.gary_helpers import MODEL, OUTPUT_SECONDS, Gary, Recorder, decode_b64_wav, recorder, wav_b64, wav_bytes
 
 SR = 44100
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import OUTPUT_SECONDS, Gary
-from gary_helpers import MODEL, recorder, wav_b64
-from servers import free_port, wait_port
+
+from tests.gary.gary_helpers import MODEL, OUTPUT_SECONDS, Gary, recorder, wav_b64
+from tests.servers import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

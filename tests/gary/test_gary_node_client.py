@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gary_helpers import MODEL, wav_bytes
+
+from tests.gary.gary_helpers import MODEL, wav_bytes
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 

@@ -12,11 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LEASE_TTL, Gary
-from gary_helpers import MODEL, recorder, wav_b64
 
 from gary.operations import client_key
 from garycommon.queueclient import QueueClient
+from tests.gary.gary_helpers import LEASE_TTL, MODEL, Gary, recorder, wav_b64
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gary
-from gary_helpers import MODEL, recorder, wav_b64
 
 from garycommon.keys import SIGNATURE_HEADER, sign
+from tests.gary.gary_helpers import MODEL, Gary, recorder, wav_b64
 
 SERVICE = "gary-test-service-key"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Gary
-from gary_helpers import MODEL, recorder, wav_b64
+
+from tests.gary.gary_helpers import MODEL, Gary, recorder, wav_b64
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from jerry_helpers import JerryServer, jerry_settings, start_server
-from servers import ThreadedServer
 
 from garycommon.settings import Settings
+from tests.jerry.jerry_helpers import JerryServer, jerry_settings, start_server
+from tests.servers import ThreadedServer
 
 
 @pytest.fixture(scope="session")

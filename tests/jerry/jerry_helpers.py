@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import soundfile as sf
-from servers import ThreadedServer
 
 from garycommon.settings import MiB, Settings
 from jerry.app import create_app
+from tests.servers import ThreadedServer
 
 MAX_UPLOAD = 2 * MiB
 

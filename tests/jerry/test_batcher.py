@@ -7,11 +7,11 @@ import asyncio
 import time
 
 import pytest
-from jerry_helpers import JerryServer
 
 from garycommon.errors import GaryError
 from jerry.batcher import Batcher
 from jerry.sao import SAORequest
+from tests.jerry.jerry_helpers import JerryServer
 
 
 async def test_bad_request_in_a_batch_fails_alone(jerry: JerryServer) -> None:

@@ -6,7 +6,8 @@ import base64
 
 import httpx
 import pytest
-from jerry_helpers import JerryServer, assert_jerry_wav, wav_bytes
+
+from tests.jerry.jerry_helpers import JerryServer, assert_jerry_wav, wav_bytes
 
 SR = 44100
 WINDOW = 524288

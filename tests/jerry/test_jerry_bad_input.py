@@ -6,7 +6,8 @@ import socket
 
 import httpx
 import pytest
-from jerry_helpers import MAX_UPLOAD, wav_bytes
+
+from tests.jerry.jerry_helpers import MAX_UPLOAD, wav_bytes
 
 WAV = ("in.wav", wav_bytes(1.0), "audio/wav")
 

@@ -4,7 +4,8 @@ hang, still healthy, and a well-formed generation on another connection served t
 from __future__ import annotations
 
 import httpx
-from fuzzing import ValidClient, fuzz_http
+
+from tests.fuzzing import ValidClient, fuzz_http
 
 
 def test_jerry_fuzz(jerry) -> None:  # noqa: ANN001

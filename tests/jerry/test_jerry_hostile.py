@@ -7,7 +7,8 @@ import time
 
 import httpx
 import pytest
-from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
+
+from tests.hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
 
 
 def test_absurd_sample_rate_is_refused_before_resampling(http: httpx.Client) -> None:

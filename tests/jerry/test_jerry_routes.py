@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from jerry_helpers import JerryServer, assert_jerry_wav, read_wav, wav_bytes
 
 from garycommon.audio import encode_wav
 from jerry.wav import decode_upload, pcm16_wav, render_wav
+from tests.jerry.jerry_helpers import JerryServer, assert_jerry_wav, read_wav, wav_bytes
 
 SR = 44100
 WINDOW = 524288

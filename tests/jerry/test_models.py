@@ -8,10 +8,10 @@ import json
 
 import httpx
 import numpy as np
-from jerry_helpers import JerryServer, read_wav
 
 from jerry.riffsynth import write_riffs
 from jerry.sao.demo import write_demo_checkpoint
+from tests.jerry.jerry_helpers import JerryServer, read_wav
 
 REPO = "thepatch/jerry_test_finetune"
 PROMPTS = {"version": 1, "dice": {"generic": ["dusty funk"], "drums": ["breakbeat"], "instrumental": ["rhodes"]}}

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from jerry_helpers import JerryServer, jerry_settings, start_server
-from servers import free_port
 
 import jerry.models as jerry_models
 from jerry.sao.demo import write_demo_checkpoint
+from tests.jerry.jerry_helpers import JerryServer, jerry_settings, start_server
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,9 +96,8 @@ def test_jerry_server_console_script_demo(tmp_path: Path, jerry: JerryServer) ->
 def test_listens_at_once_and_says_loading_while_the_model_loads(tmp_path: Path, jerry: JerryServer) -> None:
     """A model load that takes as long as it likes (here: its config is a named pipe nobody writes yet, like a
     first download still running) no longer keeps the port shut: /health answers 503 `loading` meanwhile."""
-    from servers import ThreadedServer
-
     from jerry.app import create_app
+    from tests.servers import ThreadedServer
 
     settings = jerry_settings(tmp_path, demo_models=False)
     folder = settings.local_models_dir / "stabilityai" / "stable-audio-open-small"

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import ThreadedServer
-from terry_helpers import MODEL, GarySocketIO, Terry, serve
 
 from garycommon.settings import Settings
+from tests.servers import ThreadedServer
+from tests.terry.terry_helpers import MODEL, GarySocketIO, Terry, serve
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from typing import Any
 
 import redis
 import torch
-from servers import ThreadedServer
 
 from garycommon.audio import encode_wav
 from garycommon.settings import Settings
+from tests.servers import ThreadedServer
 
 MODEL = "facebook/melodyflow-t24-30secs"
 

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from terry_helpers import Terry, serve, until, wav_b64
 
 from garycommon.queueclient import QueueClient
 from garycommon.settings import Settings
+from tests.terry.terry_helpers import Terry, serve, until, wav_b64
 
 
 @pytest.fixture(scope="module")

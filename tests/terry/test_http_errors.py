@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from terry_helpers import Terry, stored_keys, wav_b64
+
+from tests.terry.terry_helpers import Terry, stored_keys, wav_b64
 
 SID = "bad-input-session"
 

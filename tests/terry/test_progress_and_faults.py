@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 import torch
-from servers import free_port
-from terry_helpers import GarySocketIO, listen, serve, wav_b64
 
 from garycommon.progress import RedisRoomEmitter, StatusStore
 from garycommon.settings import Settings
 from terry.progress import TransformProgress
+from tests.servers import free_port
+from tests.terry.terry_helpers import GarySocketIO, listen, serve, wav_b64
 
 
 async def test_progress_is_coalesced_capped_and_finished_with_100(gary: GarySocketIO) -> None:

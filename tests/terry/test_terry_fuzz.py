@@ -4,10 +4,10 @@ hang, still healthy, and a well-formed transform on another connection served th
 from __future__ import annotations
 
 import httpx
-from fuzzing import ValidClient, fuzz_http
-from terry_helpers import Terry, wav_b64
 
 from terry.schemas import TransformRequest
+from tests.fuzzing import ValidClient, fuzz_http
+from tests.terry.terry_helpers import Terry, wav_b64
 
 
 def test_terry_fuzz(terry: Terry) -> None:

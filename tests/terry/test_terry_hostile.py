@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-from hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
-from terry_helpers import Terry, stored_keys, wav_b64
+
+from tests.hostile import DEEP_JSON, assert_openapi_honest, deep_object, hostile_wav
+from tests.terry.terry_helpers import Terry, stored_keys, wav_b64
 
 SID = "hostile-session"
 BASE = {"session_id": SID, "variation": "celtic"}

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from terry_helpers import GarySocketIO, Terry, listen, until, wav_b64
 
 from garycommon.audio import Audio, decode_audio
 from terry.presets import PRESETS
+from tests.terry.terry_helpers import GarySocketIO, Terry, listen, until, wav_b64
 
 FAST = {"steps": 2}
 
