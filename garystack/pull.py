@@ -34,10 +34,9 @@ def plan(settings: Settings) -> list[ModelFiles]:
     """Every model the stack serves: gary's catalogue, jerry's and terry's checkpoints, and the T5 they all name."""
     from gary.catalog import all_model_names
     from gary.musicgen.checkpoint import COMPRESSION_FILE, LM_FILE
+    from garycommon.textenc import _TOKENIZER, _WEIGHTS, HUB_ALIASES
     from jerry.sao.engine import CONFIG_FILE, WEIGHT_FILES
     from terry.melodyflow.checkpoint import CODEC_FILE, DIT_FILE
-
-    from .textenc import _TOKENIZER, _WEIGHTS, HUB_ALIASES
 
     models = [ModelFiles(name, "gary", (LM_FILE, COMPRESSION_FILE)) for name in all_model_names()]
     models.append(ModelFiles(settings.jerry_model, "jerry", (CONFIG_FILE,), tuple(WEIGHT_FILES)))
