@@ -85,29 +85,17 @@ class JsonGuard:
         if ctype.startswith(_NOT_JSON_TYPES):
             await self.app(scope, receive, send)
             return
-        too_large = GaryError(ErrorCode.DATA_TOO_LARGE, f"request body is larger than {self.max_bytes // (1024 * 1024)} MiB")
-        declared = declared_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._answer(send, too_large)
-            return
-        chunks: list[bytes] = []
-        size, more = 0, True
         try:
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    return  # client went away
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > self.max_bytes:
-                    await self._answer(send, too_large)
-                    return
-                chunks.append(chunk)
-                more = message.get("more_body", False)
+            raw = await read_capped_body(scope, receive, self.max_bytes)
+        except BodyTooLarge:
+            mib = self.max_bytes // (1024 * 1024)
+            await self._answer(send, GaryError(ErrorCode.DATA_TOO_LARGE, f"request body is larger than {mib} MiB"))
+            return
         except GaryError as exc:  # an outer cap refusing mid-stream: answer it here, not as a 500
             await self._answer(send, exc)
             return
-        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if raw is None:
+            return  # client went away
         problem = json_problem(raw, self.max_depth)
         if problem is not None:
             await self._answer(send, GaryError(ErrorCode.BAD_REQUEST, f"invalid JSON body: {problem}"))
@@ -218,6 +206,32 @@ def declared_length(scope: Scope) -> int | None:
     return int(declared) if declared is not None and declared.isdigit() else None
 
 
+class BodyTooLarge(Exception):
+    """The request body (declared or streamed) passed the reader's cap."""
+
+
+async def read_capped_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The request's whole body, never reading more than `limit` bytes: raises `BodyTooLarge` on a declared
+    Content-Length over the cap before reading a byte, or as soon as the streamed bytes pass it; None when the client
+    went away. The one body reader of `JsonGuard` and `BodyLimit` (each then replays the bytes to the app)."""
+    declared = declared_length(scope)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 class BodyLimit:
     """Refuses request bodies over `limit` bytes with a 413 JSON error before the app parses or stores anything.
 
@@ -235,24 +249,13 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        declared = declared_length(scope)
-        if declared is not None and declared > self.limit:
+        try:
+            raw = await read_capped_body(scope, receive, self.limit)
+        except BodyTooLarge:
             await self._reject(send)
             return
-        chunks: list[bytes] = []
-        size, more = 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._reject(send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        await self.app(scope, replaying(b"".join(chunks), receive), send)
+        if raw is not None:  # None: the client went away
+            await self.app(scope, replaying(raw, receive), send)
 
     async def _reject(self, send: Send) -> None:
         err = GaryError(ErrorCode.DATA_TOO_LARGE, self.message)
