@@ -77,6 +77,21 @@ class Stack:
     def log_tail(self, chars: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
+    def child_pid(self, module: str) -> int:
+        """The pid of the stack's child running `module` (e.g. terry.cli)."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.proc.pid and f"from {module} import" in cmd:
+                return int(entry.name)
+        raise LookupError(f"no {module} child of the stack")
+
 
 def stack_env(**overrides: str) -> dict[str, str]:
     """The caller's environment minus anything that would point the stack elsewhere."""

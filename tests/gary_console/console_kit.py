@@ -1,22 +1,13 @@
-"""Helpers of the console tests: `gary-stack up --demo` on free ports, and a Chromium tab on the console that records
-every console error, page error, failed request and request for anything outside the stack."""
+"""Helpers of the console tests: a Chromium tab on the console that records every console error, page error, failed
+request and request for anything outside the stack. The stack itself is the flow tests' `running_stack`."""
 
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from tests.servers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -25,62 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "build" / "console-screenshots"  # the latest run's; the committed copies are in docs/console/
 OUTPUT_SECONDS = 4.0
 
-
-
-@dataclass
-class Stack:
-    ports: dict[str, int]
-    proc: subprocess.Popen
-    log_path: Path
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['gary']}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def child_pid(self, module: str) -> int:
-        """The pid of the stack's child running `module` (e.g. terry.cli)."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == self.proc.pid and f"from {module} import" in cmd:
-                return int(entry.name)
-        raise LookupError(f"no {module} child of the stack")
-
-
-def start_stack(workdir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
-    ports = {name: free_port() for name in ("gary", "jerry", "terry", "queue", "redis")}
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "QUEUE_URL", "LOCAL_MODELS_DIR", "API_KEYS"}}
-    env.update(GARY_OUTPUT_SECONDS=str(OUTPUT_SECONDS), PYTHONUNBUFFERED="1", **(extra_env or {}))
-    argv = [sys.executable, "-c", "import sys; from garystack.cli import main; sys.exit(main())", "up", "--demo",
-            "--data-dir", str(workdir / "data"), *[a for n, p in ports.items() for a in (f"--{n}-port", str(p))]]
-    log_path = workdir / "stack.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    stack = Stack(ports, proc, log_path, env)
-    try:
-        deadline = time.monotonic() + 480
-        while "stack is up" not in stack.log():
-            assert proc.poll() is None, f"gary-stack exited early:\n{stack.log()[-4000:]}"
-            assert time.monotonic() < deadline, "stack did not come up in time:\n" + stack.log()[-4000:]
-            time.sleep(1)
-        yield stack
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 class ConsolePage:

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.gary_console.console_kit import ConsolePage, Stack, start_stack
+from tests.flows.stack_harness import Stack, running_stack
+from tests.gary_console.console_kit import OUTPUT_SECONDS, ConsolePage
 
 pytestmark = pytest.mark.slow
 KEY = "console-test-key-1"
@@ -20,13 +21,15 @@ KEY = "console-test-key-1"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(tmp_path_factory.mktemp("console-keys-stack"), {"API_KEYS": KEY})
+    workdir = tmp_path_factory.mktemp("console-keys-stack")
+    with running_stack(workdir, GARY_OUTPUT_SECONDS=str(OUTPUT_SECONDS), API_KEYS=KEY) as stack:
+        yield stack
 
 
 @pytest.fixture
 def console(browser: object, stack: Stack) -> Iterator[ConsolePage]:
     # keys on: gary refuses the Socket.IO handshake until a key is typed (issue 13), so wait for the page, not the socket
-    page = ConsolePage(browser, stack.url + "/", console=False)
+    page = ConsolePage(browser, stack.url("gary") + "/", console=False)
     page.page.wait_for_function("window.garyConsole && document.querySelector('#model option') !== null",
                                 timeout=30_000)
     yield page

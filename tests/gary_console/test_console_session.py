@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from tests.gary_console.console_kit import OUTPUT_SECONDS, ConsolePage, Stack, start_stack, wav_file
+from tests.flows.stack_harness import Stack, running_stack
+from tests.gary_console.console_kit import OUTPUT_SECONDS, ConsolePage, wav_file
 
 pytestmark = pytest.mark.slow
 STEP_TIMEOUT_S = 240
@@ -19,12 +20,13 @@ STEP_TIMEOUT_S = 240
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    yield from start_stack(tmp_path_factory.mktemp("console-stack"))
+    with running_stack(tmp_path_factory.mktemp("console-stack"), GARY_OUTPUT_SECONDS=str(OUTPUT_SECONDS)) as stack:
+        yield stack
 
 
 @pytest.fixture
 def console(browser: object, stack: Stack) -> Iterator[ConsolePage]:
-    page = ConsolePage(browser, stack.url + "/")
+    page = ConsolePage(browser, stack.url("gary") + "/")
     yield page
     page.close()
 
@@ -183,7 +185,7 @@ def test_reload_mid_generation_resumes_the_session(console: ConsolePage, tmp_pat
 
 
 def test_phone_sized_screen_and_keyboard(browser: object, stack: Stack) -> None:
-    phone = ConsolePage(browser, stack.url + "/", viewport={"width": 390, "height": 844})
+    phone = ConsolePage(browser, stack.url("gary") + "/", viewport={"width": 390, "height": 844})
     try:
         page = phone.page
         page.wait_for_function("document.querySelector('#svc-terry').dataset.state !== 'unknown'", timeout=20_000)
