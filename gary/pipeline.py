@@ -1,4 +1,4 @@
-"""The audio math around a MusicGen call (spec §3). CPU-bound and blocking: run it in a worker thread, never on the loop.
+"""The audio math around a MusicGen call. CPU-bound and blocking: run it in a worker thread, never on the loop.
 
 * bang (`process_audio`): prompt = the FIRST `prompt_duration` seconds; output = `output_seconds` of audio (the
   re-synthesised prompt plus its continuation).
