@@ -1,6 +1,6 @@
 """Tempo and bar arithmetic for loops (4/4 only), in exact integer samples so a loop tiles without drift.
 
-The original computed `int(bars * 240 / bpm * sr)` in floats and crashed whenever `bars` was given (§6.1). Here an
+The original computed `int(bars * 240 / bpm * sr)` in floats and crashed whenever `bars` was given. Here an
 explicit `bars` is always honoured when it fits the model window and halved (whole bars, still a seamless loop)
 when it does not; the response says so.
 """
