@@ -1,6 +1,6 @@
 """The generation pipeline behind every /generate* route: parsed request in, WAV bytes + metadata out.
 
-One rule for `seconds_total` everywhere (§6.10): the model is conditioned on exactly the length of audio the client
+One rule for `seconds_total` everywhere: the model is conditioned on exactly the length of audio the client
 receives (the loop length for loops, the whole window for style transfer). Seeds are drawn here when the client
 sends -1, so the seed reported is the seed used, and the engine's per-request generator makes it reproducible.
 """
