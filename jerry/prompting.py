@@ -1,4 +1,4 @@
-"""Prompt shaping for loop types: whole-word edits, so "drums" never turns into "s" (§6.3)."""
+"""Prompt shaping for loop types: whole-word edits, so "drums" never turns into "s"."""
 
 from __future__ import annotations
 
