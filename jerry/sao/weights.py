@@ -3,7 +3,7 @@
 Inference checkpoints (`model.safetensors`) use the keys `model.model.*` (DiT), `conditioner.conditioners.*` and
 `pretransform.model.*` (VAE, weight-normed). Training checkpoints (`*.ckpt`) wrap them as `diffusion.*`, with EMA
 weights of the DiT under `diffusion_ema.ema_model.*` — which correspond to `model.*` at inference (the original jerry
-renamed them to `diffusion.model.*`, so fine-tunes silently kept their raw weights: spec §6.7). Pickles are read with
+renamed them to `diffusion.model.*`, so fine-tunes silently kept their raw weights). Pickles are read with
 `weights_only=True`: a checkpoint that needs arbitrary code to load is refused, never executed.
 """
 
@@ -156,7 +156,7 @@ def load_full(module: nn.Module, path: Path) -> LoadReport:
 
 
 def load_finetune(module: nn.Module, path: Path, *, min_coverage: float = 0.9) -> LoadReport:
-    """Fine-tuned DiT (+ conditioner) weights over an already loaded base; the base VAE is kept (spec §6.7)."""
+    """Fine-tuned DiT (+ conditioner) weights over an already loaded base; the base VAE is kept."""
     sd = {k: v for k, v in fold_weight_norm(normalise_keys(read_state_dict(path))).items()
           if not k.startswith("pretransform.")}
     report = apply_state_dict(module, sd)
