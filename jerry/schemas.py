@@ -1,5 +1,5 @@
 """Request and response shapes. Form fields arrive as strings and are parsed by the same models as JSON, so a number
-that fails to parse is a 400 with the field's name on every route (the original answered 500, §6.10)."""
+that fails to parse is a 400 with the field's name on every route (the original answered 500)."""
 
 from __future__ import annotations
 
