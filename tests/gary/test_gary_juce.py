@@ -1,4 +1,4 @@
-"""gary4juce's HTTP flow (spec §4, §9) with a real HTTP client against a real gary on both session stores:
+"""gary4juce's HTTP flow (docs/gary-juce.md) with a real HTTP client against a real gary on both session stores:
 process_audio -> poll until completed with audio_data -> continue -> retry -> transform -> undo, with the queued and
 warming states visible in poll_status and the plugin's seed echoed as `generation_seed`."""
 
