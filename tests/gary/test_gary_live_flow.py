@@ -1,4 +1,4 @@
-"""gary4live's Socket.IO flows (spec §9) through a real python-socketio client against a real gary, on both session
+"""gary4live's Socket.IO flows (docs/gary-socketio.md) through a real python-socketio client against a real gary, on both session
 store backends: bang -> continue -> retry -> transform -> undo -> crop -> chunked restore (a chunk resent) ->
 disconnect/reconnect mid-generation, result recovered through `verify_session`."""
 
