@@ -1,4 +1,4 @@
-"""Bars/BPM arithmetic of spec §3.2 with the §6.1 fix (explicit bars honoured, never a crash)."""
+"""Bars/BPM arithmetic of loops (docs/jerry-api.md): explicit bars honoured, never a crash."""
 
 from __future__ import annotations
 
