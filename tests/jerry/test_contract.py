@@ -1,4 +1,4 @@
-"""Spec §7: the six curl calls of existing clients, replayed over a real socket (JSON and multipart), unchanged."""
+"""The six curl calls of existing clients (docs/jerry-api.md), replayed over a real socket (JSON and multipart), unchanged."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_b_readme_wav_attachment(http: httpx.Client) -> None:
 
 @pytest.mark.parametrize(("extra", "bars"), [({}, 4), ({"bars": "4"}, 4), ({"bars": "2"}, 2), ({"bars": "8"}, 4)])
 def test_c_jerry4loops_loop(http: httpx.Client, extra: dict[str, str], bars: int) -> None:
-    """bars=8 at 128 bpm (15 s) does not fit the 11.9 s window: whole bars are halved (the original crashed, §6.1)."""
+    """bars=8 at 128 bpm (15 s) does not fit the 11.9 s window: whole bars are halved (the original crashed)."""
     form = {"prompt": "techno drums 128bpm", "loop_type": "drums", "steps": "8", "cfg_scale": "1.0", "seed": "-1",
             "return_format": "base64", **extra}
     r = http.post("/generate/loop", data=form, files={"dummy": ("", b"")})  # multipart, as curl -F sends
