@@ -1,4 +1,4 @@
-"""Bad input is a 4xx with a clear `error` (never a 500), on every route (§6.10: numbers that fail to parse -> 400)."""
+"""Bad input is a 4xx with a clear `error` (never a 500), on every route (numbers that fail to parse -> 400)."""
 
 from __future__ import annotations
 
