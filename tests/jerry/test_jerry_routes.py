@@ -79,7 +79,7 @@ def test_loop_guided_respects_cfg_loop_type_and_masks(http: httpx.Client) -> Non
     assert plain.status_code == 200, plain.text
     guided_cfg = http.post("/generate/loop-guided", data={**base, "cfg_scale": "6.0", "negative_prompt": "vocals"},
                            files=files)
-    assert not np.array_equal(_audio(plain), _audio(guided_cfg)), "cfg_scale is used (the original ignored it, §6.5)"
+    assert not np.array_equal(_audio(plain), _audio(guided_cfg)), "cfg_scale is used (the original ignored it)"
     shaped = http.post("/generate/loop-guided", data={**base, "loop_type": "instruments"}, files=files).json()["metadata"]
     assert shaped["prompt"] == "funk 100bpm" and "percussion" in shaped["negative_prompt"]
     outputs = {}
@@ -94,7 +94,7 @@ def test_loop_guided_respects_cfg_loop_type_and_masks(http: httpx.Client) -> Non
 
 
 def test_loop_sampler_follows_the_model_or_the_request(http: httpx.Client) -> None:
-    """§6.2: /loop picked its sampler from an empty config; now the model's objective (pingpong for rf_denoiser) or
+    """/loop picked its sampler from an empty config; now the model's objective (pingpong for rf_denoiser) or
     the client's choice decides."""
     form = {"prompt": "garage 130bpm", "steps": "3", "seed": "8", "return_format": "base64", "bars": "1"}
     default = http.post("/generate/loop", data=form)
@@ -142,7 +142,7 @@ def test_seconds_total_clamped_to_window_with_a_note(http: httpx.Client) -> None
 
 
 def test_upload_resampled_once_with_stereo_kept() -> None:
-    """A 48 kHz stereo upload: one resampling (a 1 kHz tone stays at 1 kHz, §6.4) and distinct channels (§6.6)."""
+    """A 48 kHz stereo upload: one resampling (a 1 kHz tone stays at 1 kHz) and distinct channels."""
     sr = 48000
     t = np.arange(sr) / sr
     stereo = np.stack([np.sin(2 * np.pi * 1000 * t), 0.5 * np.sin(2 * np.pi * 1500 * t)], axis=1).astype(np.float32)
