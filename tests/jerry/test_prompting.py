@@ -1,4 +1,4 @@
-"""Loop-type prompt shaping (§3.3) with whole-word drum removal (§6.3)."""
+"""Loop-type prompt shaping with whole-word drum removal."""
 
 from __future__ import annotations
 
