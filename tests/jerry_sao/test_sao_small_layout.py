@@ -31,7 +31,7 @@ def test_config_parses_to_the_published_shape() -> None:
 
 def test_parameter_count_matches_published_size() -> None:
     """497.2 M = DiT + VAE (weight-normed, as stored) + seconds embedder: what stable-audio-tools' `parameters()`
-    counts. Its T5 lives outside the module tree, so the T5-base encoder (109.6 M) comes on top (spec §8 says
+    counts. Its T5 lives outside the module tree, so the T5-base encoder (109.6 M) comes on top (some descriptions say
     "included"; the count says otherwise)."""
     from transformers import T5Config, T5EncoderModel
 
