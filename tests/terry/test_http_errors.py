@@ -78,7 +78,7 @@ def test_variations_has_the_intended_shape(bare: Terry) -> None:
     assert len(variations) == 33
     for info in variations.values():
         assert set(info) >= {"prompt", "flowstep"} and info["flowstep"] == 0.12 and info["prompt"]
-    assert "LOWER = MORE change" in resp.json()["flowstep"]  # §6.14: the original README had it backwards
+    assert "LOWER = MORE change" in resp.json()["flowstep"]  # the original README had it backwards
 
 
 def test_api_keys_guard_transform_only(make_terry: Callable[..., Terry]) -> None:
