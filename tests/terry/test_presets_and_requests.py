@@ -8,7 +8,7 @@ from garycommon.errors import GaryError
 from terry.presets import PRESETS, resolve_prompt
 from terry.schemas import parse_transform
 
-# spec terry.md §2, in its order: clients send these exact strings.
+# the original's variation names, in its order: clients send these exact strings (docs/terry-api.md).
 SPEC_NAMES = [
     "accordion_folk", "banjo_bluegrass", "piano_classical", "celtic", "strings_quartet",
     "synth_retro", "synth_modern", "synth_ambient", "synth_edm",
