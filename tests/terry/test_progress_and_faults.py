@@ -23,7 +23,7 @@ from tests.terry.terry_helpers import GarySocketIO, listen, serve, wav_b64
 
 
 async def test_progress_is_coalesced_capped_and_finished_with_100(gary: GarySocketIO) -> None:
-    """§6.9: 500 engine callbacks in ~0.5 s become a handful of writes/emits, never above 99.9 until the end."""
+    """500 engine callbacks in ~0.5 s become a handful of writes/emits, never above 99.9 until the end."""
     room, (sid,) = await listen(gary)
     r = aioredis.Redis.from_url(gary.redis_url)
     try:
@@ -67,7 +67,7 @@ async def test_progress_survives_a_dead_redis() -> None:
 
 
 def test_gpu_out_of_memory_is_503_not_400(redis_server: Any, tmp_path: Path) -> None:
-    """§6.7: the original answered 400 for an OOM; a model that cannot fit is the server's problem (503)."""
+    """The original answered 400 for an OOM; a model that cannot fit is the server's problem (503)."""
     from terry.app import create_app
 
     def loader() -> Any:
