@@ -53,7 +53,7 @@ async def test_30s_transform_progress_reaches_gary_room_and_health_stays_live(
         await room.client.disconnect()
 
     assert out.sample_rate == 44100 and out.channels == 2 and out.num_samples == 30 * 44100
-    # §6.10: the event loop never blocks on the model; §6.6 visible as busy
+    # the event loop never blocks on the model; a running transform shows as busy
     assert any(h["busy"] for _, h in health)
     assert max(latency for latency, _ in health) < 2.0
 
