@@ -63,10 +63,10 @@ def musicgen(work: Path, full: bool) -> dict[str, Any]:
     from gary.musicgen.encodec import build_compression
     from gary.musicgen.lm import build_lm
     from gary.musicgen.model import MusicGenModel
-    from gary.musicgen.reference import route_t5
     from gary.musicgen.types import GenerationRequest
     from garycommon.settings import Settings
     from garycommon.textenc import load_t5, write_tiny_t5
+    from tests.gary_musicgen.reference import route_t5
 
     write_tiny_t5(work / "t5-base")
     settings = Settings(local_models_dir=work, device="cpu")

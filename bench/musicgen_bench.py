@@ -17,7 +17,7 @@ audiocraft's import-time needs; they travel as (made here, from the repo root):
   site312: cp312 wheels of the compiled ones, unzipped:  pip download --only-binary=:all: --python-version 3.12
            --platform manylinux2014_x86_64 --no-deps pydantic_core==<venv's> cffi==<venv's>
 Optional audiocraft imports that MusicGen never calls (spacy, librosa, av, torchmetrics, wandb) get inert
-stand-ins when missing; xformers gets gary.musicgen.reference's stand-in.
+stand-ins when missing; xformers gets tests.gary_musicgen.reference's stand-in.
 
 Each of our timed figures comes twice: `first` is the first 30 s generation of its batch shape (graph capture
 included; torch.compile already warmed by a short run of the same batch size), `resident` the next one (the shape's
@@ -98,8 +98,8 @@ def build(size: str, t5_root: Path, settings: Any, device: Any) -> tuple[Any, An
     from gary.musicgen.fastpath import FastDecoder
     from gary.musicgen.lm import build_lm
     from gary.musicgen.model import MusicGenModel
-    from gary.musicgen.reference import route_t5
     from garycommon.textenc import load_t5
+    from tests.gary_musicgen.reference import route_t5
 
     route_t5(settings)
     from audiocraft.models import builders
@@ -230,14 +230,15 @@ def check_fast_equals_eager(work: Path, device: Any) -> dict[str, Any]:
     batched engine.generate with progress works end to end on the GPU."""
     import torch
 
+    from gary.catalog import AllowedModels
     from gary.musicgen import MusicGenEngine
     from gary.musicgen.fastpath import FastDecoder
     from gary.musicgen.generate import generate_eager
     from gary.musicgen.types import GenerationRequest
     from garycommon.settings import Settings
 
-    engine = MusicGenEngine(Settings(local_models_dir=work, demo_models=True, device="cuda"), device,
-                            dtype=torch.float32)
+    settings = Settings(local_models_dir=work, demo_models=True, device="cuda")
+    engine = MusicGenEngine(settings, device, dtype=torch.float32, source=AllowedModels(settings))
     name = "thepatch/hoenn_lofi"
     model = engine.model(name)
     reqs = [GenerationRequest(name, 0.1 * torch.randn(1, 32000 * p), 32000, duration=d, description=desc, seed=s)

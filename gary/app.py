@@ -28,7 +28,7 @@ from garycommon.settings import Settings, get_settings
 
 from . import console, events, routes_juce, routes_misc
 from .auth import KeyGate
-from .catalog import all_model_names
+from .catalog import AllowedModels, all_model_names
 from .context import GaryContext
 from .dispatch import Dispatcher, GatewayDispatcher, SoloDispatcher
 from .fanout import PooledRedisManager
@@ -50,7 +50,7 @@ def _engine_factory(settings: Settings) -> Any:
     def make() -> Any:
         from .musicgen import MusicGenEngine
 
-        return MusicGenEngine(settings, pick_device(settings.device))
+        return MusicGenEngine(settings, pick_device(settings.device), source=AllowedModels(settings))
 
     return make
 

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 import yaml
 
+from gary.catalog import size_of
 from garycommon.safeconfig import plain_config
 from garycommon.settings import Settings
 
-from .catalogue import size_of
 from .checkpoint import COMPRESSION_FILE, LM_FILE, compression_config, lm_config
 from .encodec import Encodec
 from .lm import MusicGenLM
@@ -166,11 +166,13 @@ def write_demo_checkpoint(folder: Path, *, size: str = "small", stereo: bool = F
 
 
 def demo_root(settings: Settings) -> Path:
-    return settings.local_models_dir if settings.local_models_dir is not None else settings.data_dir / "models"
+    """LOCAL_MODELS_DIR, else DATA_DIR/demo-models: where gary's app, terry and `gary-stack up` put demo models too."""
+    return settings.local_models_dir if settings.local_models_dir is not None else settings.data_dir / "demo-models"
 
 
 def install_demo(settings: Settings, names: Iterable[str]) -> list[str]:
-    """Tiny checkpoints for each hub name at <local_models_dir>/<owner>/<name> plus the tiny T5 at .../t5-base."""
+    """Tiny checkpoints for each hub name at <demo_root>/<owner>/<name>, sized as the catalogue says (gary.catalog
+    .size_of), plus the tiny T5 at <demo_root>/t5-base."""
     from garycommon.textenc import write_tiny_t5
 
     root = demo_root(settings)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -34,3 +36,20 @@ class GenerationResult:
 # (index of the request in the call, its audio so far [C, T] float32 on the CPU, sample rate): called from the
 # generating thread every few seconds of generated audio, for clients that play a long generation as it grows
 Partial = Callable[[int, torch.Tensor, int], None]
+
+
+class ModelSource(Protocol):
+    """Where the engine's files come from, and so what it may load: the service hands the engine one (gary's is
+    gary.catalog.AllowedModels: allow-list, demo stand-ins); the engine itself knows no model names."""
+
+    def checkpoint(self, name: str) -> Path:
+        """The folder holding `name`'s state_dict.bin and compression_state_dict.bin (raises GaryError if refused)."""
+        ...
+
+    def text_encoder(self, name: str) -> str:
+        """What garycommon.textenc.load_t5 loads for the T5 a checkpoint's config names."""
+        ...
+
+    def size(self, name: str) -> str:
+        """small | medium | large: the MusicGen size `name` was trained from, for VRAM estimates before it is loaded."""
+        ...

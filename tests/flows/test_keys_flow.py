@@ -37,7 +37,7 @@ def write_leaky_checkpoint(models_dir: Path) -> None:
     marked as the demo checkpoint gary would write for that name, so demo mode keeps it."""
     import torch
 
-    from gary.musicgen.catalogue import size_of
+    from gary.catalog import size_of
     from gary.musicgen.checkpoint import LM_FILE
     from gary.musicgen.demo import write_demo_checkpoint
 

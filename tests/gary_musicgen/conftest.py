@@ -1,6 +1,6 @@
 """Fixtures for the MusicGen engine tests: tiny audiocraft-layout checkpoints written once per session, loaded by our
 engine and (for parity) by audiocraft 1.3.0 itself. audiocraft imports `xformers.ops` at import time; where no usable
-xformers wheel exists, gary.musicgen.reference registers a minimal stand-in (see its docstring)."""
+xformers wheel exists, tests.gary_musicgen.reference registers a minimal stand-in (see its docstring)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def settings(models_dir: Path) -> Settings:
 @pytest.fixture(scope="session")
 def reference(models_dir: Path, settings: Settings):  # noqa: ANN201 - audiocraft types
     """audiocraft's MusicGen for each tiny checkpoint (loaded lazily, once)."""
-    from gary.musicgen.reference import load_reference
+    from tests.gary_musicgen.reference import load_reference
 
     cache: dict[str, object] = {}
 

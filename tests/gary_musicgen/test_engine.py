@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from gary.catalog import AllowedModels
 from gary.musicgen import GenerationRequest, MusicGenEngine
 from gary.musicgen.checkpoint import LM_FILE, load_pickle
 from gary.musicgen.demo import lm_xp_cfg, random_lm_state
@@ -120,7 +121,7 @@ def test_pickled_omegaconf_config_is_accepted(tmp_path: Path, models_dir: Path, 
 
 def test_model_resolution_errors(tmp_path: Path, models_dir: Path) -> None:
     settings = Settings(local_models_dir=models_dir, model_allow_owners=["testowner"], hf_home=tmp_path / "hf")
-    engine = MusicGenEngine(settings, torch.device("cpu"))
+    engine = MusicGenEngine(settings, torch.device("cpu"), source=AllowedModels(settings))
     with pytest.raises(GaryError) as err:
         engine.preload("someoneelse/model")
     assert err.value.code == ErrorCode.MODEL_NOT_ALLOWED
@@ -148,13 +149,13 @@ def test_missing_hub_repo_gives_clear_error(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = Settings(local_models_dir=tmp_path, model_allow_owners=["testowner"], hf_home=tmp_path / "hf")
     with pytest.raises(GaryError) as err:
-        MusicGenEngine(settings, torch.device("cpu")).preload("testowner/not-downloaded")
+        MusicGenEngine(settings, torch.device("cpu"), source=AllowedModels(settings)).preload("testowner/not-downloaded")
     assert err.value.code in (ErrorCode.MODEL_LOAD_FAILED, ErrorCode.MODEL_NOT_FOUND)
     assert "testowner/not-downloaded" in err.value.message
 
 
 def test_lru_residency_and_unload(settings: Settings) -> None:
-    engine = MusicGenEngine(settings, torch.device("cpu"), max_resident=1)
+    engine = MusicGenEngine(settings, torch.device("cpu"), max_resident=1, source=AllowedModels(settings))
     engine.preload(MONO)
     assert engine.resident() == [MONO]
     engine.preload(STEREO)
@@ -165,13 +166,13 @@ def test_lru_residency_and_unload(settings: Settings) -> None:
 
 
 def test_demo_mode_serves_any_allowed_name(tmp_path: Path) -> None:
-    """Demo mode without LOCAL_MODELS_DIR: tiny checkpoints and T5 go to DATA_DIR/models and load from there."""
+    """Demo mode without LOCAL_MODELS_DIR: tiny checkpoints and T5 go to DATA_DIR/demo-models and load from there."""
     settings = Settings(data_dir=tmp_path, demo_models=True, hf_home=tmp_path / "hf")
-    engine = MusicGenEngine(settings, torch.device("cpu"))
+    engine = MusicGenEngine(settings, torch.device("cpu"), source=AllowedModels(settings))
     out = engine.generate([GenerationRequest("thepatch/bleeps-medium", _prompt(0.2, 1), 44100, duration=0.4, seed=3,
                                              description="bleeps")])
     assert out[0].audio.shape == (1, 12800)
-    assert (tmp_path / "models" / "thepatch" / "bleeps-medium" / LM_FILE).exists()
+    assert (tmp_path / "demo-models" / "thepatch" / "bleeps-medium" / LM_FILE).exists()
     with pytest.raises(GaryError) as err:  # demo mode still only accepts owner/name ids of allowed owners
         engine.preload("../../escape")
     assert err.value.code == ErrorCode.MODEL_NOT_ALLOWED

@@ -8,7 +8,7 @@ import torch
 from gary.musicgen import GenerationRequest, MusicGenEngine
 from gary.musicgen.conditioning import batch_conditions
 from gary.musicgen.generate import generate_eager
-from gary.musicgen.reference import reference_generate
+from tests.gary_musicgen.reference import ReferenceEngine, reference_generate
 
 MONO = "testowner/tiny-mono"  # written by conftest.models_dir
 STEREO = "testowner/tiny-stereo"
@@ -109,11 +109,11 @@ def test_greedy_generation_matches_audiocraft(engine, reference, name, descripti
 
 
 def test_audiocraft_backend_through_the_engine_matches_native(settings) -> None:  # noqa: ANN001
-    """backend="audiocraft" (the reference library behind our interface) and the native backend agree on greedy
-    decoding, so side-by-side benchmarks compare the same computation."""
+    """audiocraft behind our engine's interface (ReferenceEngine) and our engine agree on greedy decoding, so
+    side-by-side benchmarks compare the same computation."""
     prompt = _wav(1, 0.5, seed=9)[0]
     req = GenerationRequest(MONO, prompt, 32000, duration=1.2, description="tape-saturated breakbeat", top_k=1, seed=4)
-    ref = MusicGenEngine(settings, torch.device("cpu"), backend="audiocraft").generate([req])[0]
+    ref = ReferenceEngine(settings, torch.device("cpu")).generate([req])[0]
     native = MusicGenEngine(settings, torch.device("cpu")).generate([req])[0]
     assert ref.seed == native.seed == 4 and ref.sample_rate == native.sample_rate == 32000
     assert ref.audio.shape == native.audio.shape == (1, 38400)

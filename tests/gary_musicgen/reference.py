@@ -1,4 +1,5 @@
-"""The `audiocraft` backend: the reference library, for side-by-side benchmarks and parity checks.
+"""audiocraft, the reference library, for the parity tests and the benchmarks (bench/ imports it from here); never
+part of the product.
 
 audiocraft 1.3.0 imports `xformers.ops` at module import time but, with its default torch attention backend, only
 uses `ops.unbind` and the `LowerTriangularMask` type from it. Where no xformers wheel exists for the installed torch,
@@ -9,6 +10,7 @@ that raises), which is enough for every code path MusicGen inference takes. T5 i
 
 from __future__ import annotations
 
+import secrets
 import sys
 import types
 from collections.abc import Callable
@@ -17,6 +19,9 @@ from typing import Any
 
 import torch
 
+from gary.musicgen.checkpoint import COMPRESSION_FILE, LM_FILE
+from gary.musicgen.types import GenerationRequest, GenerationResult
+from garycommon.hub import resolve_model_dir
 from garycommon.settings import Settings
 
 
@@ -91,3 +96,32 @@ def reference_generate(model: Any, prompt: torch.Tensor | None, prompt_sr: int, 
             return model.generate(descriptions, progress=progress is not None, return_tokens=return_tokens)
         return model.generate_continuation(prompt, prompt_sr, descriptions, progress=progress is not None,
                                            return_tokens=return_tokens)
+
+
+class ReferenceEngine:
+    """audiocraft behind `MusicGenEngine.generate`'s interface, one request per audiocraft call, models loaded from
+    folders or LOCAL_MODELS_DIR/<name>: the side-by-side check that both compute the same thing."""
+
+    def __init__(self, settings: Settings, device: torch.device | str = "cpu") -> None:
+        self.settings = settings
+        self.device = device
+        self._models: dict[str, Any] = {}
+
+    def model(self, name: str) -> Any:
+        if name not in self._models:
+            folder = resolve_model_dir(name, [LM_FILE, COMPRESSION_FILE], self.settings)
+            self._models[name] = load_reference(folder, self.settings, self.device)
+        return self._models[name]
+
+    def generate(self, requests: list[GenerationRequest],
+                 progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
+        out = []
+        for req in requests:
+            model = self.model(req.model_name)
+            seed = req.seed if req.seed is not None else secrets.randbits(63)
+            prompt = req.prompt[None] if req.prompt is not None else None
+            audio = reference_generate(model, prompt, req.prompt_sr, [req.description or None], duration=req.duration,
+                                       top_k=req.top_k, top_p=req.top_p, temperature=req.temperature,
+                                       cfg_coef=req.cfg_coef, seed=seed, progress=progress)
+            out.append(GenerationResult(audio[0].float().cpu(), model.sample_rate, seed))
+        return out
