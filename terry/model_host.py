@@ -5,27 +5,27 @@ released after unloading, so the model may stay warm between transforms without 
 overcommitting the card; each transform additionally leases its working memory (see runner). If the gateway
 declares the resident lease lost, the model is unloaded before the next transform and loaded again under a new one.
 
-All model work (load, transform, unload) runs on one dedicated worker thread, so it never blocks the event loop
-(health stays responsive) and an unload can never interleave with a running transform. The original armed a 1 s
-unload timer *before* each edit, which freed the model under the running request; here the idle timer is armed
-only after a transform finishes and re-checks that nothing started since.
+All model work (load, transform, unload) runs on one GPU worker thread (garycommon.gpuworker), so it never blocks
+the event loop (health stays responsive) and an unload can never interleave with a running transform. The original
+armed a 1 s unload timer *before* each edit, which freed the model under the running request; here the idle timer is
+armed only after a transform finishes and re-checks that nothing started since. The resident lease is a
+garycommon.residency.ResidentLease: taken before a load, released after an unload, none in solo mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 import torch
 
 from garycommon.errors import ErrorCode, GaryError
+from garycommon.gpuworker import GpuWorker
+from garycommon.residency import OpenLease, ResidentLease
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,16 +67,14 @@ class ModelHost:
         *,
         idle_seconds: float,
         name: str,
-        resident_lease: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        resident_lease: OpenLease | None = None,
     ) -> None:
         self._loader = loader
-        self._resident_lease = resident_lease
-        self._resident: contextlib.AsyncExitStack | None = None
-        self._lease: Any = None
+        self._resident = ResidentLease(resident_lease)  # holds nothing without a gateway
         self.idle_seconds = idle_seconds
         self.name = name
         self._engine: Engine | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="terry-gpu")
+        self._worker = GpuWorker("terry-gpu")
         self._load_lock = asyncio.Lock()
         self._in_use = 0
         self._last_used = time.monotonic()
@@ -96,12 +94,11 @@ class ModelHost:
     @property
     def needs_load(self) -> bool:
         """True when the next `acquire` loads (nothing loaded, or its resident lease was revoked)."""
-        return self._engine is None or bool(getattr(self._lease, "lost", False))
+        return self._engine is None or self._resident.lost
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking model work on the model thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        return await self._worker.call(fn, *args, **kwargs)
 
     async def acquire(self) -> Engine:
         """Mark the model in use (blocks idle unloads) and return it, loading it first if needed."""
@@ -125,16 +122,16 @@ class ModelHost:
                 await self._drop()
             if self._engine is not None:
                 return self._engine
-            await self._take_resident_lease()
+            await self._resident.acquire()
             started = time.monotonic()
             try:
                 engine = await self.call(self._loader)
             except GaryError as exc:
                 self.last_error = exc.message
-                await self._release_resident_lease()
+                await self._resident.release()
                 raise
             except Exception as exc:
-                await self._release_resident_lease()
+                await self._resident.release()
                 if is_oom(exc):
                     self.last_error = "out of GPU memory while loading"
                     await self.call(_free_cuda)
@@ -177,25 +174,13 @@ class ModelHost:
         engine, self._engine = self._engine, None
         if engine is not None:
             await self.call(_unload, engine)
-        await self._release_resident_lease()
-
-    async def _take_resident_lease(self) -> None:
-        if self._resident_lease is None:
-            return
-        stack = contextlib.AsyncExitStack()
-        self._lease = await stack.enter_async_context(self._resident_lease())
-        self._resident = stack
-
-    async def _release_resident_lease(self) -> None:
-        stack, self._resident, self._lease = self._resident, None, None
-        if stack is not None:
-            await stack.aclose()
+        await self._resident.release()
 
     async def close(self) -> None:
         if self._idle_task is not None:
             self._idle_task.cancel()
         await self._drop()
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._worker.stop)
 
 
 def _unload(engine: Engine) -> None:

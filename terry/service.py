@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from garycommon.devices import pick_device
-from garycommon.keys import secret
 from garycommon.progress import Emitter, RedisRoomEmitter, StatusStore
+from garycommon.residency import gateway_client
 from garycommon.settings import Settings
 
 from .model_host import Engine, ModelHost
@@ -77,14 +77,8 @@ class TerryService:
 
         redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
         emitter = RedisRoomEmitter(settings.redis_url, settings.socketio_channel)
-        queue = None
-        if settings.queue_url:
-            from garycommon.gpureg import own_gpus
-            from garycommon.queueclient import QueueClient
-
-            # terry's own credential: its leases never count against (and fill) a user's key
-            queue = QueueClient(settings.queue_url, api_key=secret(settings.service_key), gpus=own_gpus)
-        return cls(settings, loader=loader, redis=redis, emitter=emitter, queue=queue)
+        # terry's own credential: its leases never count against (and fill) a user's key; None in solo mode
+        return cls(settings, loader=loader, redis=redis, emitter=emitter, queue=gateway_client(settings))
 
     @property
     def demo(self) -> bool:
