@@ -262,7 +262,3 @@ def encode_wav(wav: torch.Tensor, sample_rate: int, *, subtype: str = "FLOAT") -
 
 def to_base64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
-
-
-def wav_base64(wav: torch.Tensor, sample_rate: int, *, subtype: str = "FLOAT") -> str:
-    return to_base64(encode_wav(wav, sample_rate, subtype=subtype))

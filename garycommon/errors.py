@@ -65,12 +65,6 @@ class GaryError(Exception):
         self.http_status = http_status if http_status is not None else _HTTP_STATUS.get(code, 400)
         self.details = details or {}
 
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"message": self.message, "code": str(self.code)}
-        if self.details:
-            out["details"] = self.details
-        return out
-
 
 class AudioError(GaryError):
     """Undecodable, empty, too short/long or too large audio."""

@@ -1,4 +1,4 @@
-"""gary's MusicGen engine: audiocraft checkpoints, our own inference (CPU reference path + CUDA fast path)."""
+"""gary's MusicGen engine: audiocraft-format checkpoints, our own inference (eager loop + CUDA fast path)."""
 
 from .engine import MusicGenEngine
 from .types import GenerationRequest, GenerationResult
