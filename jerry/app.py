@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -22,10 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from garycommon.docs_assets import install_offline_docs
 from garycommon.errors import ErrorCode, GaryError
-from garycommon.gpureg import own_gpus
 from garycommon.httpapp import install_error_handlers
-from garycommon.keys import secret
 from garycommon.metrics import install_metrics
+from garycommon.residency import gateway_client, hold_resident
 from garycommon.settings import Settings, get_settings
 
 from .batcher import Batcher
@@ -41,7 +41,6 @@ log = logging.getLogger("jerry")
 LEASE_MODEL = "stabilityai/stable-audio-open-small"
 LEASE_LANE = "jerry"
 LEASE_OWNER = "jerry:resident"
-LEASE_CHECK_SECONDS = 1.0
 FORM_OVERHEAD = 1024 * 1024
 
 
@@ -105,34 +104,19 @@ async def hold_resident_lease(state: JerryState) -> None:
 
     Optional: if the gateway is absent or unreachable jerry keeps serving (solo use) and retries with back-off.
     """
-    settings = state.settings
+    client = gateway_client(state.settings)
+    if client is None:
+        return  # solo mode: nothing to account with
+
+    def open_lease() -> contextlib.AbstractAsyncContextManager[Any]:
+        return client.lease(LEASE_MODEL, lane=LEASE_LANE, owner=LEASE_OWNER,
+                            vram_mb=state.settings.jerry_lease_vram_mb, resident=True)
+
+    def on_state(lease: dict[str, object]) -> None:
+        state.lease = lease
+
     try:
-        from garycommon.queueclient import QueueClient
-    except ImportError:
-        state.lease = {"state": "unavailable", "error": "garycommon.queueclient is not installed"}
-        return
-    delay = 2.0
-    # the service credential: a resident lease must never count against (and fill) a user's key
-    client = QueueClient(settings.queue_url, api_key=secret(settings.service_key), gpus=own_gpus)
-    try:
-        while True:
-            try:
-                state.lease = {"state": "waiting"}
-                async with client.lease(LEASE_MODEL, lane=LEASE_LANE, owner=LEASE_OWNER,
-                                        vram_mb=settings.jerry_lease_vram_mb, resident=True) as lease:
-                    state.lease = {"state": "held", "lease_id": lease.id}
-                    log.info("resident lease %s held with the queue gateway", lease.id)
-                    delay = 2.0
-                    while not lease.lost:  # noqa: ASYNC110 - the client flips a plain flag, it offers no event
-                        await asyncio.sleep(LEASE_CHECK_SECONDS)
-                    log.warning("resident lease %s was lost (gateway restarted or reaped it); taking a new one", lease.id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # gateway down, refused or lease lost: serve on, retry later
-                state.lease = {"state": "retrying", "error": str(exc)}
-                log.warning("queue gateway lease failed (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+        await hold_resident(open_lease, on_state)
     finally:
         with contextlib.suppress(Exception):
             await client.aclose()

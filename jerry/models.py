@@ -19,12 +19,13 @@ from typing import Any
 import torch
 
 from garycommon.devices import pick_device
-from garycommon.errors import ErrorCode, GaryError
-from garycommon.hub import check_allowed, local_dir_for, resolve_model_dir
+from garycommon.errors import ErrorCode, GaryError, ModelLoadError
+from garycommon.hub import check_allowed, is_repo_id, local_dir_for, resolve_model_dir
 from garycommon.settings import Settings
 
 from .batcher import Batcher
-from .sao import SAOEngine
+from .sao import DEFAULT_MODEL, SAOEngine
+from .sao.types import SAOModel
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ModelEntry:
     type: str  # standard | finetune
     source: str
     checkpoint: str | None
-    engine: Any
+    engine: SAOModel
     prompts: dict[str, Any] | None = None
     loaded_at: float = field(default_factory=time.time)
 
@@ -68,6 +69,16 @@ class ModelEntry:
     def describe(self, device: str) -> dict[str, Any]:
         return {"type": self.type, "source": self.source, "device": device, "sample_rate": self.sample_rate,
                 "sample_size": self.window_samples}
+
+
+def check_loadable(name: str, settings: Settings, *, client_named: bool, base: str = DEFAULT_MODEL) -> None:
+    """What jerry hands its engine to load: repo ids on the allow-list (the standard model and a fine-tune's base
+    always allowed); a filesystem path only when the operator, not a client, named it."""
+    if Path(name).is_dir() and not is_repo_id(name):
+        if client_named:
+            raise ModelLoadError(ErrorCode.MODEL_NOT_ALLOWED, "clients may name hub repos only, not local paths")
+        return
+    check_allowed(name, settings, extra_allowed=(DEFAULT_MODEL, base))
 
 
 def finetune_key(repo: str, checkpoint: str) -> str:
@@ -116,7 +127,8 @@ class ModelRegistry:
                 return
             delay = min(delay * 2, RETRY_MAX_SECONDS)
 
-    def _load_and_warm(self, name: str) -> Any:
+    def _load_and_warm(self, name: str) -> SAOModel:
+        check_loadable(name, self.settings, client_named=False)
         engine = SAOEngine.load(name, self.settings, self.device, max_batch=self.settings.jerry_max_batch)
         engine.warmup()
         return engine
@@ -157,9 +169,12 @@ class ModelRegistry:
                             "finetune_checkpoint must be a file name ending in .ckpt, .safetensors, .pt, .pth or .bin")
 
     async def _load_finetune(self, key: str, repo: str, checkpoint: str) -> ModelEntry:
-        def load() -> Any:
-            engine = SAOEngine.load(repo, self.settings, self.device, checkpoint=checkpoint, base=self.settings.jerry_model,
-                                    client_named=True, max_batch=self.settings.jerry_max_batch)
+        def load() -> tuple[SAOModel, dict[str, Any] | None]:
+            base = self.settings.jerry_model
+            check_loadable(repo, self.settings, client_named=True, base=base)
+            check_loadable(base, self.settings, client_named=False, base=base)
+            engine = SAOEngine.load(repo, self.settings, self.device, checkpoint=checkpoint, base=base,
+                                    max_batch=self.settings.jerry_max_batch)
             engine.warmup()
             return engine, self._read_prompts(repo)
 

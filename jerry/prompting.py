@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 DRUM_NEGATIVE = "melody, harmony, pitched instruments, vocals, singing"
 INSTRUMENT_NEGATIVE = "drums, percussion, kick, snare, hi-hat"
-LOOP_TYPES = ("auto", "drums", "instruments")
 
 _DRUM_WORD = re.compile(r"\bdrums?\b", re.IGNORECASE)
 _HAS_DRUM = re.compile(r"\bdrum", re.IGNORECASE)

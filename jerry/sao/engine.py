@@ -3,8 +3,10 @@
 Per request a `torch.Generator` seeded with the request's seed draws, in this order, the start noise, the VAE
 posterior noise of the init audio (if any), one noise tensor per pingpong step, and the guide's posterior noise —
 the same draws stable-audio-tools makes from the global RNG, so a seed gives the same audio alone, in a batch at any
-position, and under concurrent load. Concurrent `generate` calls coalesce: whoever finds the GPU idle runs every
-pending request, grouped by (steps, sampler, start time) into sampler runs of up to `max_batch` rows.
+position, and under concurrent load. One `generate` call groups its requests by (steps, sampler, start time) into
+sampler runs of up to `max_batch` rows. The engine is not thread-safe: the service calls it from its one GPU worker
+thread, which also gathers concurrent requests into one call (jerry.batcher). Which names may be loaded is the
+service's decision (jerry.models): the engine loads what it is handed.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,13 +23,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from garycommon.errors import ErrorCode, GaryError, ModelLoadError
-from garycommon.hub import check_allowed, is_repo_id, resolve_model_dir
+from garycommon.hub import resolve_model_dir
 from garycommon.settings import Settings
 
 from .conditioning import Conditioners, T5Prompt
 from .config import SAOConfig, parse_config
 from .dit import DiTWrapper
 from .sampling import SAMPLERS, Guidance, rf_schedule, sample
+from .types import Progress, SAORequest, SAOResult
 from .vae import Pretransform
 from .weights import load_finetune, load_full
 
@@ -38,30 +40,7 @@ DEFAULT_MODEL = "stabilityai/stable-audio-open-small"
 CONFIG_FILE = "model_config.json"
 WEIGHT_FILES = ("model.safetensors", "model.ckpt")
 MAX_STEPS = 500
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class SAORequest:
-    prompt: str
-    negative_prompt: str | None = None
-    seconds_total: float = 11.0
-    steps: int = 8
-    cfg_scale: float = 1.0
-    seed: int | None = None  # None or -1 -> random, reported back
-    sampler_type: str = "pingpong"  # pingpong | euler
-    init_audio: torch.Tensor | None = None  # [2, T] at 44.1 kHz: style transfer source
-    init_noise_level: float | None = None  # style strength (t to start from); None -> 1.0 (init ignored)
-    guide_audio: torch.Tensor | None = None  # [2, T] at 44.1 kHz: loop-guided inpainting reference
-    guide_mask: torch.Tensor | None = None  # [T_latent] or [T] float mask, 1 = keep guide (None -> all ones)
-    guide_strength: float = 1.0  # scales the mask (the original's guidance_strength)
-
-
-@dataclass
-class SAOResult:
-    audio: torch.Tensor  # [2, sample_size] float32 at 44.1 kHz, full model window (caller trims)
-    seed: int
+__all__ = ["DEFAULT_MODEL", "SAOEngine", "SAORequest", "SAOResult"]
 
 
 class SAONet(nn.Module):
@@ -84,15 +63,6 @@ class _Job:
     @property
     def key(self) -> tuple[int, str, float]:
         return (self.request.steps, self.request.sampler_type, self.sigma_max)
-
-
-@dataclass
-class _Ticket:
-    jobs: list[_Job]
-    progress: Progress | None
-    done: bool = False
-    error: BaseException | None = None
-    step_seen: dict[int, int] = field(default_factory=dict)
 
 
 def _random_seed() -> int:
@@ -119,9 +89,6 @@ class SAOEngine:
         self.sample_rate = cfg.sample_rate
         self.channels = cfg.audio_channels
         self.max_seconds = cfg.max_seconds
-        self._cv = threading.Condition()
-        self._pending: list[_Ticket] = []
-        self._running = False
         # Swapped by the CUDA fast path for graph-replaying versions of the same computations.
         self.dit_fn: Callable[..., torch.Tensor] = self.net.model.model
         self.decode_fn: Callable[[torch.Tensor], torch.Tensor] = self.net.pretransform.model.decode
@@ -131,13 +98,12 @@ class SAOEngine:
     @classmethod
     def load(
         cls, name_or_path: str, settings: Settings, device: torch.device | None = None, dtype: torch.dtype | None = None,
-        *, checkpoint: str | None = None, base: str = DEFAULT_MODEL, client_named: bool = False,
-        fast: bool | None = None, max_batch: int = 8,
+        *, checkpoint: str | None = None, base: str = DEFAULT_MODEL, fast: bool | None = None, max_batch: int = 8,
     ) -> SAOEngine:
         """Load `model_config.json` + weights from a folder, LOCAL_MODELS_DIR/<owner>/<name> or the hub.
 
         `checkpoint` names a fine-tune file inside the repo (safetensors or weights-only .ckpt), applied over the
-        weights of `base`. Repo ids must pass the allow-list; `client_named` names may not be filesystem paths.
+        weights of `base`. Names are not checked here: the service hands over only what it allows.
         `fast` (default: on CUDA) enables fused kernels and CUDA graphs; `dtype` defaults to fp16 on CUDA.
         """
         from garycommon.devices import pick_device
@@ -145,14 +111,12 @@ class SAOEngine:
         device = device or pick_device(settings.device)
         if dtype is None:  # fp16 like the original deployment: more mantissa than bf16 for the VAE's audio
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-        _check_name(name_or_path, settings, client_named=client_named, base=base)
         if checkpoint is None:
             folder = resolve_model_dir(name_or_path, [CONFIG_FILE], settings, optional_files=WEIGHT_FILES)
             cfg = parse_config(json.loads((folder / CONFIG_FILE).read_text()))
             net = SAONet(cfg)
             load_full(net, _weights_file(folder))
         else:
-            _check_name(base, settings, client_named=False, base=base)
             base_dir = resolve_model_dir(base, [CONFIG_FILE], settings, optional_files=WEIGHT_FILES)
             if Path(checkpoint).name != checkpoint or not checkpoint.endswith((".ckpt", ".safetensors")):
                 raise ModelLoadError(ErrorCode.MODEL_NOT_FOUND, f"checkpoint {checkpoint!r} must be a .ckpt or "
@@ -183,27 +147,21 @@ class SAOEngine:
 
     # ------------------------------------------------------------------ public API
     def generate(self, requests: Sequence[SAORequest], progress: Progress | None = None) -> list[SAOResult]:
-        """Blocking: call from a worker thread. Results are in request order."""
-        ticket = _Ticket([self._prepare(r) for r in requests], progress)
-        if not ticket.jobs:
-            return []
-        with self._cv:
-            self._pending.append(ticket)
-            while not ticket.done and self._running:
-                self._cv.wait()
-            runner = not ticket.done
-            if runner:
-                self._running = True
-        if runner:
-            try:
-                self._drain()
-            finally:
-                with self._cv:
-                    self._running = False
-                    self._cv.notify_all()
-        if ticket.error is not None:
-            raise ticket.error
-        return [job.result for job in ticket.jobs if job.result is not None]
+        """Blocking, from one thread at a time (the service's GPU worker). Results are in request order; if any
+        sampler run fails, the call fails (the worker then retries its requests one by one)."""
+        jobs = [self._prepare(r) for r in requests]
+        groups: dict[tuple[int, str, float], list[_Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.key, []).append(job)
+        report = _guarded(progress)
+        for members in groups.values():
+            for start in range(0, len(members), self.max_batch):
+                try:
+                    self._run_group(members[start:start + self.max_batch], report)
+                except torch.cuda.OutOfMemoryError as exc:
+                    raise GaryError(ErrorCode.GPU_OOM,
+                                    "GPU out of memory; retry with fewer concurrent requests") from exc
+        return [job.result for job in jobs if job.result is not None]
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Short generations with and without CFG per batch size: on the fast path they compile the fused kernels,
@@ -235,44 +193,6 @@ class SAOEngine:
             sigma_max = min(float(req.init_noise_level), 1.0)
         seed = req.seed if req.seed is not None and req.seed >= 0 else _random_seed()
         return _Job(req, int(seed) % 2**63, sigma_max)
-
-    def _drain(self) -> None:
-        while True:
-            with self._cv:
-                tickets, self._pending = self._pending, []
-            if not tickets:
-                return
-            groups: dict[tuple[int, str, float], list[tuple[_Ticket, _Job]]] = {}
-            for ticket in tickets:
-                for job in ticket.jobs:
-                    groups.setdefault(job.key, []).append((ticket, job))
-            for members in groups.values():
-                for start in range(0, len(members), self.max_batch):
-                    chunk = members[start:start + self.max_batch]
-                    try:
-                        self._run_group([job for _, job in chunk], self._progress_fan_out(chunk))
-                    except BaseException as exc:  # noqa: BLE001 - handed to every caller of the failed run
-                        for ticket, _ in chunk:
-                            ticket.error = ticket.error or _as_client_error(exc)
-            with self._cv:
-                for ticket in tickets:
-                    ticket.done = True
-                self._cv.notify_all()
-
-    @staticmethod
-    def _progress_fan_out(chunk: list[tuple[_Ticket, _Job]]) -> Progress:
-        tickets = {id(t): t for t, _ in chunk}
-
-        def report(step: int, total: int) -> None:
-            for ticket in tickets.values():
-                if ticket.progress is None:
-                    continue
-                try:
-                    ticket.progress(step, total)
-                except Exception:  # a broken callback must not fail other callers' audio
-                    log.exception("progress callback failed")
-
-        return report
 
     # ------------------------------------------------------------------ the computation
     @torch.no_grad()
@@ -408,16 +328,14 @@ def _weights_file(folder: Path) -> Path:
     raise ModelLoadError(ErrorCode.MODEL_NOT_FOUND, f"{folder} has neither {' nor '.join(WEIGHT_FILES)}")
 
 
-def _check_name(name: str, settings: Settings, *, client_named: bool, base: str) -> None:
-    """Repo ids must be allowed; filesystem paths only when the operator (not a client) named them."""
-    if Path(name).is_dir() and not is_repo_id(name):
-        if client_named:
-            raise ModelLoadError(ErrorCode.MODEL_NOT_ALLOWED, "clients may name hub repos only, not local paths")
-        return
-    check_allowed(name, settings, extra_allowed=(DEFAULT_MODEL, base))
+def _guarded(progress: Progress | None) -> Progress:
+    """The caller's progress callback; one that fails is logged, never allowed to fail the audio."""
+    def report(step: int, total: int) -> None:
+        if progress is None:
+            return
+        try:
+            progress(step, total)
+        except Exception:
+            log.exception("progress callback failed")
 
-
-def _as_client_error(exc: BaseException) -> BaseException:
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return GaryError(ErrorCode.GPU_OOM, "GPU out of memory; retry with fewer concurrent requests")
-    return exc
+    return report

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.settings import Settings
+from jerry.batcher import Batcher
 from jerry.sao import SAOEngine, SAORequest
 from jerry.sao.sampling import Guidance, rf_schedule
 
@@ -48,36 +51,38 @@ def test_mixed_settings_come_back_in_request_order(engine: SAOEngine) -> None:
         _close(res.audio, engine.generate([req])[0].audio)
 
 
-def test_concurrent_callers_are_coalesced_into_one_sampler_run(small_dir: Path, settings: Settings) -> None:
+async def test_concurrent_callers_are_coalesced_into_one_sampler_run(small_dir: Path, settings: Settings) -> None:
+    """Concurrent callers reach the engine through jerry's one GPU worker, which coalesces them."""
     eng = SAOEngine.load(str(small_dir), settings, torch.device("cpu"))
     solo = {seed: eng.generate([SAORequest(prompt=f"p{seed}", seed=seed, steps=3)])[0].audio for seed in (1, 2, 3)}
     inner, calls, rows = eng.dit_fn, [], []
-    release = threading.Event()
+    release, running = threading.Event(), threading.Event()
 
     def gated(x: torch.Tensor, *args: object) -> torch.Tensor:
         if not calls:
+            running.set()
             release.wait(10)  # hold the "GPU" until the other callers have queued
         calls.append(1)
         rows.append(x.shape[0])
         return inner(x, *args)
 
     eng.dit_fn = gated
-    results: dict[int, torch.Tensor] = {}
+    batcher = Batcher(max_batch=8)
 
-    def call(seed: int) -> None:
-        results[seed] = eng.generate([SAORequest(prompt=f"p{seed}", seed=seed, steps=3)])[0].audio
+    def call(seed: int) -> asyncio.Future[Any]:
+        return asyncio.ensure_future(batcher.submit(eng, SAORequest(prompt=f"p{seed}", seed=seed, steps=3)))
 
-    threads = [threading.Thread(target=call, args=(s,)) for s in (1, 2, 3)]
-    threads[0].start()
-    while not calls and not eng._running:
-        threading.Event().wait(0.01)
-    for t in threads[1:]:
-        t.start()
-    while len(eng._pending) < 2:
-        threading.Event().wait(0.01)
-    release.set()
-    for t in threads:
-        t.join(30)
+    try:
+        first = call(1)
+        await asyncio.to_thread(running.wait, 10)
+        others = [call(s) for s in (2, 3)]
+        while batcher.pending() < 2:  # noqa: ASYNC110 - the GPU thread flips plain state
+            await asyncio.sleep(0.01)
+        release.set()
+        results = dict(zip((1, 2, 3), [r.audio for r in await asyncio.gather(first, *others)], strict=True))
+    finally:
+        release.set()
+        await asyncio.to_thread(batcher.stop)
     assert rows == [1, 1, 1, 2, 2, 2]  # first caller alone, then the two waiting ones in one batch
     for seed in (1, 2, 3):
         _close(results[seed], solo[seed])

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from garycommon.errors import ErrorCode, ModelLoadError
 from garycommon.settings import Settings
+from jerry.models import check_loadable
 from jerry.sao import DEFAULT_MODEL, SAOEngine, SAORequest
 from jerry.sao.demo import install_demo, random_state_dict
 from jerry.sao.weights import fold_weight_norm, normalise_keys
@@ -146,13 +147,13 @@ def test_arbitrary_pickle_is_refused(tmp_path: Path, small_config: dict[str, Any
 @pytest.mark.parametrize("name", ["someone/else", "../etc", "thepatch/x/../../y"])
 def test_client_named_repos_must_be_allowed(name: str, settings: Settings) -> None:
     with pytest.raises(ModelLoadError) as err:
-        SAOEngine.load(name, settings, client_named=True)
+        check_loadable(name, settings, client_named=True)
     assert err.value.code == ErrorCode.MODEL_NOT_ALLOWED
 
 
 def test_client_may_not_name_local_paths(small_dir: Path, settings: Settings) -> None:
     with pytest.raises(ModelLoadError) as err:
-        SAOEngine.load(str(small_dir), settings, client_named=True)
+        check_loadable(str(small_dir), settings, client_named=True)
     assert err.value.code == ErrorCode.MODEL_NOT_ALLOWED
 
 
