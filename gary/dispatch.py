@@ -16,9 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from garycommon.errors import GaryError
-from garycommon.gpureg import own_gpus
-from garycommon.keys import secret
-from garycommon.queueclient import QueueClient
+from garycommon.residency import ResidentLease, gateway_client
 from garycommon.settings import Settings
 
 from .jobs import GENERATION_LANE, TRANSFORM_LANE, Job
@@ -42,7 +40,7 @@ class Dispatcher(Protocol):
     async def queued_alive(self, job: Job) -> bool: ...
     async def live_status(self, job: Job) -> dict[str, Any] | None: ...
     def gpu_slot(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any]: ...
-    def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None: ...
+    def resident_lease(self, model: str, vram_mb: int | None) -> ResidentLease | None: ...
     async def aclose(self) -> None: ...
 
 
@@ -51,7 +49,10 @@ class GatewayDispatcher:
         self.settings = settings
         self.vram_for = vram_for
         # gary's own credential, never a user key: user limits count the end client it forwards as client_key
-        self.client = QueueClient(settings.queue_url, api_key=secret(settings.service_key), gpus=own_gpus)
+        client = gateway_client(settings)
+        if client is None:
+            raise ValueError("GatewayDispatcher needs QUEUE_URL")
+        self.client = client
 
     async def start(self, run: RunJob) -> None:
         """Nothing to run here: `ready` callbacks start jobs."""
@@ -101,10 +102,11 @@ class GatewayDispatcher:
         """A VRAM lease for work outside a task (warm-up), so it never overlaps what the gateway scheduled."""
         return self.client.lease(model, lane=GENERATION_LANE, owner="gary-warmup", vram_mb=vram_mb)
 
-    def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None:
+    def resident_lease(self, model: str, vram_mb: int | None) -> ResidentLease | None:
         """Accounts for weights kept loaded between jobs, on gary's own uncapped lane (never behind a task)."""
-        return self.client.lease(model, lane=RESIDENT_LANE, owner=f"gary:resident:{model}", vram_mb=vram_mb,
-                                 resident=True, wait_timeout=RESIDENT_WAIT_SECONDS)
+        return ResidentLease(lambda: self.client.lease(
+            model, lane=RESIDENT_LANE, owner=f"gary:resident:{model}", vram_mb=vram_mb, resident=True,
+            wait_timeout=RESIDENT_WAIT_SECONDS))
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -175,7 +177,7 @@ class SoloDispatcher:
         """The GPU worker thread already serialises everything in solo mode."""
         return contextlib.nullcontext()
 
-    def resident_lease(self, model: str, vram_mb: int | None) -> contextlib.AbstractAsyncContextManager[Any] | None:
+    def resident_lease(self, model: str, vram_mb: int | None) -> ResidentLease | None:
         """No gateway to account VRAM with: models simply stay loaded (the engine's LRU bounds them)."""
         return None
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -26,11 +24,13 @@ from garycommon.errors import ErrorCode, GaryError
 from garycommon.hub import download_progress
 from garycommon.metrics import GARY_GENERATION_SECONDS, GARY_JOBS, GARY_QUEUE_WAIT_SECONDS
 from garycommon.progress import StatusStore
+from garycommon.residency import ResidentLease
 from garycommon.settings import Settings
 
 from . import pipeline
 from .batcher import GenerationBatcher
 from .dispatch import Dispatcher
+from .engine_protocol import GenerationEngine
 from .jobs import ACTIVE_STATES, GENERATION_LANE, RUNNING_STATES, TRANSFORM_LANE, Job, JobStore
 from .notifications import Notifier, queue_status_payload
 from .sessions import SessionStore
@@ -60,7 +60,7 @@ class Output:
 class JobRunner:
     def __init__(self, settings: Settings, store: SessionStore, jobs: JobStore, status: StatusStore, notifier: Notifier,
                  throttle: ProgressThrottle, dispatcher: Dispatcher, terry: TerryClient,
-                 engine_factory: Callable[[], Any]) -> None:
+                 engine_factory: Callable[[], GenerationEngine]) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
@@ -70,27 +70,23 @@ class JobRunner:
         self.dispatcher = dispatcher
         self.terry = terry
         self._engine_factory = engine_factory
-        self._engine: Any = None
+        self._engine: GenerationEngine | None = None
         self._engine_lock = threading.Lock()
+        self.batcher = GenerationBatcher(self.engine, settings.gary_max_batch, settings.gary_partial_seconds)
         # One GPU worker thread: MusicGen never runs on the event loop, and never twice at once in this process.
-        self.gpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gary-gpu")
-        self.batcher = GenerationBatcher(self.in_gpu_thread, self.engine, settings.gary_max_batch,
-                                         settings.gary_partial_seconds)
+        self.gpu = self.batcher.worker
         self._tasks: set[asyncio.Task[Any]] = set()
         self.warmup_state: dict[str, dict[str, Any]] = {}
         self._running: dict[str, Job] = {}  # jobs running in this process, by id
-        self._warm_leases: dict[str, tuple[contextlib.AsyncExitStack, Any]] = {}  # model -> its resident lease
+        self._warm_leases: dict[str, ResidentLease] = {}  # model -> its resident lease (held)
 
     # --- engine -----------------------------------------------------------------------------------------------
-    def engine(self) -> Any:
+    def engine(self) -> GenerationEngine:
         """Created on first use, off the event loop (importing/allocating CUDA state is slow)."""
         with self._engine_lock:
             if self._engine is None:
                 self._engine = self._engine_factory()
             return self._engine
-
-    async def in_gpu_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.gpu, functools.partial(fn, *args))
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -204,7 +200,7 @@ class JobRunner:
             async with self.dispatcher.gpu_slot(model, vram):
                 self.warmup_state[model] = {"status": "loading"}
                 started = time.monotonic()
-                await self.in_gpu_thread(lambda: self.engine().preload(model))
+                await self.gpu.call(lambda: self.engine().preload(model))
                 await self._keep_warm()  # (with a gateway: a resident lease for it, else it is unloaded again)
             self.warmup_state[model] = {"status": "ready", "message": f"loaded in {time.monotonic() - started:.1f} s"}
         except Exception as exc:
@@ -301,24 +297,24 @@ class JobRunner:
         try:
             engine = await asyncio.to_thread(self.engine)
             resident = set(await asyncio.to_thread(engine.resident))
-            for model, (stack, lease) in list(self._warm_leases.items()):
-                if model not in resident or getattr(lease, "lost", False):
+            for model, lease in list(self._warm_leases.items()):
+                if model not in resident or lease.lost:
                     del self._warm_leases[model]
-                    await stack.aclose()
+                    await lease.release()
                     if model in resident:
                         await asyncio.to_thread(engine.unload, model)
                         resident.discard(model)
             for model in resident - set(self._warm_leases):
-                lease_cm = self.dispatcher.resident_lease(model, await asyncio.to_thread(engine.vram_mb, model))
-                if lease_cm is None:
+                lease = self.dispatcher.resident_lease(model, await asyncio.to_thread(engine.vram_mb, model))
+                if lease is None:
                     continue
-                stack = contextlib.AsyncExitStack()
                 try:
-                    self._warm_leases[model] = (stack, await stack.enter_async_context(lease_cm))
+                    await lease.acquire()
                 except GaryError as exc:
                     log.info("no resident lease for %s (%s): unloading it", model, exc.message)
-                    await stack.aclose()
                     await asyncio.to_thread(engine.unload, model)
+                else:
+                    self._warm_leases[model] = lease
         except Exception:
             log.exception("keeping models warm failed")
 
@@ -430,17 +426,16 @@ class JobRunner:
                                          job.requester)
 
     async def aclose(self) -> None:
-        for stack, _ in self._warm_leases.values():
+        for lease in self._warm_leases.values():
             with contextlib.suppress(Exception):
-                await stack.aclose()
+                await lease.release()
         self._warm_leases.clear()
-        await self.batcher.aclose()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self.gpu.shutdown(wait=False, cancel_futures=True)
+        self.gpu.stop(timeout=0)  # what waits is cancelled; a running engine call is not waited for
 
 
 def _alive(pid: int) -> bool:

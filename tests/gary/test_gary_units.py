@@ -141,16 +141,12 @@ async def test_progress_throttle_uses_a_sorted_set(redis_url: str) -> None:
 
 async def test_a_bad_request_does_not_sink_its_batch(gary_models: Path) -> None:
     """The real engine rejects one request of a batch: the batch is retried one by one, the good ones succeed."""
-    import concurrent.futures
-
     from gary.batcher import GenerationBatcher
     from gary.musicgen import GenerationRequest, MusicGenEngine
 
     settings = Settings(local_models_dir=gary_models, demo_models=True, device="cpu")
     engine = MusicGenEngine(settings, torch.device("cpu"))
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    loop = asyncio.get_running_loop()
-    batcher = GenerationBatcher(lambda fn: loop.run_in_executor(pool, fn), lambda: engine, max_batch=4)
+    batcher = GenerationBatcher(lambda: engine, max_batch=4)
     prompt = torch.zeros(1, 16000)
 
     def request(**kw: object) -> GenerationRequest:
@@ -158,7 +154,7 @@ async def test_a_bad_request_does_not_sink_its_batch(gary_models: Path) -> None:
                                  seed=1, **kw)
 
     try:
-        blocker = loop.run_in_executor(pool, time.sleep, 0.5)  # the GPU thread is busy: the next three arrive together
+        blocker = batcher.worker.call(time.sleep, 0.5)  # the GPU thread is busy: the next three arrive together
         first = asyncio.ensure_future(batcher.generate(request()))
         await asyncio.sleep(0.05)
         good, bad, good2 = (asyncio.ensure_future(batcher.generate(r)) for r in (request(), request(top_p=2.0),
@@ -173,4 +169,4 @@ async def test_a_bad_request_does_not_sink_its_batch(gary_models: Path) -> None:
             await bad
         assert "top_p" in err.value.message
     finally:
-        pool.shutdown(wait=True)
+        await asyncio.to_thread(batcher.worker.stop)
