@@ -1,15 +1,21 @@
 """What clients hear: `queue_status` payloads in the original's wording, and emits to a session's room plus the
-connection that asked (the original sent results only to the room, so a reconnect lost them)."""
+connection that asked (the original sent results only to the room, so a reconnect lost them). Also how gary reads
+the gateway's callbacks (`read_notification`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import socketio
+from pydantic import ValidationError
 
-from garycommon.errors import GaryError
+from garycommon.errors import ErrorCode, GaryError
 from garycommon.progress import StatusStore, format_wait
+from garycommon.queueprotocol import TaskNotification
+
+from .sessions import check_session_id
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,29 @@ def queue_status_payload(session_id: str, status: str, queue: dict[str, Any] | N
         "notification_id": notification_id,
         "priority": True,
     }
+
+
+def read_notification(raw: bytes) -> tuple[TaskNotification, dict[str, Any]]:
+    """A `/task_notification` body as the protocol's `TaskNotification`, with the JSON object it came from (kept as
+    received for the de-duplication record). GaryError (400) says why it can't be used: not a JSON object, no
+    `session_id`, or one gary would never use as a session id."""
+    try:
+        data = json.loads(raw or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        raise GaryError(ErrorCode.BAD_REQUEST, "No JSON data received")
+    try:
+        note = TaskNotification.model_validate(data)
+    except ValidationError as exc:  # only session_id can fail: every other field is read liberally
+        if not data.get("session_id"):
+            raise GaryError(ErrorCode.BAD_REQUEST, "Missing session_id") from exc
+        check_session_id(data["session_id"])  # a str that passes would have validated: this raises
+        raise GaryError(ErrorCode.BAD_REQUEST, f"invalid notification: {exc.errors()[0]['msg']}") from exc
+    if not note.session_id:
+        raise GaryError(ErrorCode.BAD_REQUEST, "Missing session_id")
+    check_session_id(note.session_id)
+    return note, data
 
 
 class Notifier:

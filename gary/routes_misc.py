@@ -18,11 +18,12 @@ from fastapi.responses import JSONResponse
 from garycommon import rediskeys
 from garycommon.errors import GaryError
 from garycommon.httpapp import check_api_key
+from garycommon.queueprotocol import TaskNotification
 
 from . import catalog
 from .auth import notification_refused
 from .context import GaryContext
-from .notifications import queue_status_payload
+from .notifications import queue_status_payload, read_notification
 from .sessions import check_session_id
 
 log = logging.getLogger(__name__)
@@ -70,18 +71,10 @@ async def task_notification(request: Request) -> JSONResponse:
         log.warning("refused a task notification from %s: %s", request.client.host if request.client else "?", refused)
         return JSONResponse({"status": "error", "message": refused}, status_code=401)
     try:
-        data = json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        data = None
-    if not isinstance(data, dict):
-        return JSONResponse({"status": "error", "message": "No JSON data received"}, status_code=400)
-    if not data.get("session_id"):
-        return JSONResponse({"status": "error", "message": "Missing session_id"}, status_code=400)
-    try:
-        session_id = check_session_id(data["session_id"])
+        note, data = read_notification(raw)
     except GaryError as err:
         return JSONResponse({"status": "error", "message": err.message}, status_code=400)
-    status = str(data.get("status") or "unknown")
+    session_id, status = note.session_id, note.status
     notification_id = request.headers.get("X-Notification-ID") or f"{session_id}_{status}_{time.time_ns()}"
     if len(notification_id) > 200:
         return JSONResponse({"status": "error", "message": "X-Notification-ID too long"}, status_code=400)
@@ -91,7 +84,7 @@ async def task_notification(request: Request) -> JSONResponse:
         if not fresh:
             return JSONResponse({"status": "received", "notification_id": notification_id,
                                  "message": "duplicate notification ignored"})
-        message = await _handle_notification(ctx, session_id, status, data, notification_id)
+        message = await _handle_notification(ctx, note, notification_id)
     except Exception as exc:
         error_id = uuid.uuid4().hex[:12]
         log.exception("task notification %s failed (error_id %s)", notification_id, error_id)
@@ -100,25 +93,22 @@ async def task_notification(request: Request) -> JSONResponse:
     return JSONResponse({"status": "received", "notification_id": notification_id, "message": message})
 
 
-async def _handle_notification(ctx: GaryContext, session_id: str, status: str, data: dict[str, Any],
-                               notification_id: str) -> str:
+async def _handle_notification(ctx: GaryContext, note: TaskNotification, notification_id: str) -> str:
+    session_id, status, job_id = note.session_id, note.status, note.job_id
     job = await ctx.jobs.current(session_id)
     requester = job.requester if job else None
-    job_id = data.get("job_id") if isinstance(data.get("job_id"), str) else None
     if status in FAILURE_STATUSES:
         if job is not None and job.state == "queued" and job_id in (None, job.job_id):
-            await ctx.runner.fail_queued(job, str(data.get("error") or f"the GPU queue reported the task {status}"))
+            await ctx.runner.fail_queued(job, note.error or f"the GPU queue reported the task {status}")
             return "queued job marked failed"
         return "noted"
-    queue = data.get("queue_status") if isinstance(data.get("queue_status"), dict) else {}
+    queue = note.queue_status.model_dump(exclude_none=True) if note.queue_status else {}
     await ctx.notifier.queue_status(queue_status_payload(session_id, status, queue, notification_id=notification_id),
                                     requester)
     if status != "ready":
         return "queue status relayed"
-    token = data.get("fencing_token")
-    return await ctx.runner.start_ready(session_id, str(data.get("type") or ""), job_id=job_id,
-                                        lease_id=str(data["lease_id"]) if data.get("lease_id") else None,
-                                        fencing_token=token if isinstance(token, int | str) else None)
+    return await ctx.runner.start_ready(session_id, note.type, job_id=job_id, lease_id=note.lease_id,
+                                        fencing_token=note.fencing_token)
 
 
 @router.get("/api/models")

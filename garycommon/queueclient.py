@@ -9,8 +9,10 @@ Two ways to use the gateway:
   gateway grants VRAM, heartbeats in the background and releases on exit (also on exceptions).
 
 Lane "generation" maps to the original's un-prefixed routes (`/tasks`, `/task/status`); every other lane to
-`/{lane}/...`. Errors become `GaryError`: `QUEUE_FULL` (429, `details.retry_after`) when the gateway sheds load,
-`QUEUE_UNAVAILABLE` when it cannot be reached or answers 5xx, and the gateway's own code/message for 4xx.
+`/{lane}/...`. Request bodies are the models of `garycommon.queueprotocol` (docs/gateway.md), built unvalidated:
+the gateway validates them, so a bad value gets the gateway's own 4xx as before. Errors become `GaryError`:
+`QUEUE_FULL` (429, `details.retry_after`) when the gateway sheds load, `QUEUE_UNAVAILABLE` when it cannot be
+reached or answers 5xx, and the gateway's own code/message for 4xx.
 No torch here: the gateway's image imports this module without it.
 """
 
@@ -26,12 +28,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from pydantic import BaseModel
 
 from .errors import ErrorCode, GaryError
+from .queueprotocol import (
+    GENERATION_LANE,
+    EnqueueRequest,
+    GpuRequest,
+    HeartbeatRequest,
+    LeaseRequest,
+    ReleaseRequest,
+    StatusRequest,
+    TaskView,
+    lane_prefix,
+)
 
 log = logging.getLogger(__name__)
 
-GENERATION_LANE = "generation"
+__all__ = ["GENERATION_LANE", "Lease", "QueueClient", "lane_prefix"]
 # Below uvicorn's 5 s keep-alive: never reuse a connection the server may be closing at that very moment.
 KEEPALIVE_EXPIRY_S = 2.0
 
@@ -53,9 +67,9 @@ class Lease:
     outcome: str = "completed"  # set to "failed" to record a failed run (also automatic on exceptions)
 
 
-def lane_prefix(lane: str) -> str:
-    """Route prefix of a lane: the original's generation routes have none."""
-    return "" if lane == GENERATION_LANE else f"/{lane}"
+def request_body(shape: type[BaseModel], /, **fields: Any) -> dict[str, Any]:
+    """A request body of the protocol: the fields given, less the optional ones left None (not validated here)."""
+    return shape.model_construct(**fields).model_dump(exclude_none=True)
 
 
 class QueueClient:
@@ -110,12 +124,10 @@ class QueueClient:
 
         `job_id` names this one job: callbacks echo it, and a session whose previous job still holds its lease is
         answered 409 instead of being handed that job's task."""
-        body: dict[str, Any] = {"session_id": session_id, "task_type": task_type, "data": data}
-        for key, value in (("callback_url", callback_url), ("model", model), ("vram_mb", vram_mb),
-                           ("client_key", client_key), ("job_id", job_id), ("gpus", self._own_gpus())):
-            if value is not None:
-                body[key] = value
-        out = await self._request("POST", f"{lane_prefix(lane)}/tasks", json=body)
+        request = request_body(EnqueueRequest, session_id=session_id, task_type=task_type, data=data,
+                       callback_url=callback_url, model=model, vram_mb=vram_mb, client_key=client_key, job_id=job_id,
+                       gpus=self._own_gpus())
+        out = await self._request("POST", f"{lane_prefix(lane)}/tasks", json=request)
         assert out is not None
         return out
 
@@ -126,21 +138,20 @@ class QueueClient:
     async def set_status(self, lane: str, session_id: str, status: str, *, error: str | None = None,
                          fencing_token: int | None = None, peak_vram_mb: int | None = None) -> None:
         """processing (keeps the lease alive) | completed | failed (both free the VRAM and dispatch the next task)."""
-        body: dict[str, Any] = {"session_id": session_id, "status": status}
-        for key, value in (("error", error), ("fencing_token", fencing_token), ("peak_vram_mb", peak_vram_mb)):
-            if value is not None:
-                body[key] = value
-        await self._request("POST", f"{lane_prefix(lane)}/task/status", json=body)
+        request = request_body(StatusRequest, session_id=session_id, status=status, error=error, fencing_token=fencing_token,
+                       peak_vram_mb=peak_vram_mb)
+        await self._request("POST", f"{lane_prefix(lane)}/task/status", json=request)
 
     async def heartbeat(self, lane: str, session_id: str, *, fencing_token: int | None = None) -> None:
         """Extend a granted task's lease by the gateway's TTL."""
-        body = {"fencing_token": fencing_token} if fencing_token is not None else {}
-        await self._request("POST", f"{lane_prefix(lane)}/tasks/{session_id}/heartbeat", json=body)
+        await self._request("POST", f"{lane_prefix(lane)}/tasks/{session_id}/heartbeat",
+                            json=request_body(HeartbeatRequest, fencing_token=fencing_token))
 
     async def check_lease(self, lease_id: str, fencing_token: int) -> dict[str, Any]:
         """Confirm with the gateway that `lease_id` is granted now under `fencing_token` (a fenced heartbeat, so it
         also stays alive). Raises GaryError: 404 no such lease, 409 stale token / not granted."""
-        out = await self._request("POST", f"/leases/{lease_id}/heartbeat", json={"fencing_token": fencing_token})
+        out = await self._request("POST", f"/leases/{lease_id}/heartbeat",
+                                  json=request_body(HeartbeatRequest, fencing_token=fencing_token))
         assert out is not None
         return out
 
@@ -150,10 +161,8 @@ class QueueClient:
 
     async def register_gpu(self, gpu_id: str, capacity_mb: int, *, host: str | None = None) -> dict[str, Any]:
         """Announce (or resize) a GPU this host serves; tasks go to the first registered GPU where they fit."""
-        body: dict[str, Any] = {"gpu_id": gpu_id, "capacity_mb": capacity_mb}
-        if host:
-            body["host"] = host
-        out = await self._request("POST", "/gpus", json=body)
+        out = await self._request("POST", "/gpus", json=request_body(GpuRequest, gpu_id=gpu_id, capacity_mb=capacity_mb,
+                                                              host=host or None))
         assert out is not None
         return out
 
@@ -168,12 +177,10 @@ class QueueClient:
         queued request is withdrawn and GaryError(TIMEOUT) is raised.
         """
         # our own id makes the request idempotent: a retried POST cannot queue a second request
-        body: dict[str, Any] = {"model": model, "lane": lane, "owner": owner, "resident": resident,
-                                "session_id": f"lease-{uuid.uuid4().hex[:16]}"}
-        for key, value in (("vram_mb", vram_mb), ("client_key", client_key), ("gpus", gpus or self._own_gpus())):
-            if value is not None:
-                body[key] = value
-        state = await self._request("POST", "/leases", json=body)
+        request = request_body(LeaseRequest, model=model, lane=lane, owner=owner, vram_mb=vram_mb, resident=resident,
+                       client_key=client_key, session_id=f"lease-{uuid.uuid4().hex[:16]}",
+                       gpus=gpus or self._own_gpus())
+        state = await self._request("POST", "/leases", json=request)
         assert state is not None
         lease_id = str(state["lease_id"])
         try:
@@ -181,11 +188,13 @@ class QueueClient:
         except BaseException:
             with contextlib.suppress(Exception):
                 await self._request("POST", f"/leases/{lease_id}/release",
-                                    json={"outcome": "cancelled"}, not_found_ok=True)
+                                    json=request_body(ReleaseRequest, outcome="cancelled"), not_found_ok=True)
             raise
-        lease = Lease(id=lease_id, fencing_token=int(state["fencing_token"]), expires_at=float(state["expires_at"]),
-                      lane=lane, session_id=str(state["session_id"]), gpu=state.get("gpu"),
-                      vram_mb=int(state.get("vram_mb") or 0), ttl_s=float(state.get("ttl_s") or 60.0))
+        granted = TaskView.model_validate(state)
+        assert granted.fencing_token is not None and granted.expires_at is not None
+        lease = Lease(id=lease_id, fencing_token=granted.fencing_token, expires_at=granted.expires_at, lane=lane,
+                      session_id=granted.session_id, gpu=granted.gpu, vram_mb=granted.vram_mb,
+                      ttl_s=granted.ttl_s or 60.0)
         beat = asyncio.create_task(self._heartbeat_loop(lease), name=f"lease-heartbeat-{lease_id}")
         try:
             yield lease
@@ -225,7 +234,7 @@ class QueueClient:
             await asyncio.sleep(interval)
             try:
                 out = await self._request("POST", f"/leases/{lease.id}/heartbeat",
-                                          json={"fencing_token": lease.fencing_token})
+                                          json=request_body(HeartbeatRequest, fencing_token=lease.fencing_token))
                 if out is not None:
                     lease.expires_at = float(out.get("expires_at", lease.expires_at))
             except GaryError as err:
@@ -236,11 +245,10 @@ class QueueClient:
                 log.warning("lease %s heartbeat failed (will retry): %s", lease.id, err.message)
 
     async def _release(self, lease: Lease) -> None:
-        body: dict[str, Any] = {"fencing_token": lease.fencing_token, "outcome": lease.outcome}
-        if lease.peak_vram_mb is not None:
-            body["peak_vram_mb"] = lease.peak_vram_mb
+        request = request_body(ReleaseRequest, fencing_token=lease.fencing_token, outcome=lease.outcome,
+                       peak_vram_mb=lease.peak_vram_mb)
         try:
-            await self._request("POST", f"/leases/{lease.id}/release", json=body, not_found_ok=True)
+            await self._request("POST", f"/leases/{lease.id}/release", json=request, not_found_ok=True)
         except GaryError as err:
             # The lease then ends by TTL; the worker's result is unaffected.
             log.warning("lease %s release failed: %s", lease.id, err.message)

@@ -2,7 +2,8 @@
 
 Compatible routes (the original's shapes): `POST /tasks`, `GET /tasks/{sid}`, `POST /task/status`, the same under
 `/transform/...` and any configured lane `/{lane}/...`. Our additions: heartbeats and cancel on tasks, the lease API
-for our own workers (`/leases`), GPU registration (`/gpus`), `/health`, `/metrics`, `/queue`.
+for our own workers (`/leases`), GPU registration (`/gpus`), `/health`, `/metrics`, `/queue`. The bodies and answers
+are the models of `garycommon.queueprotocol`; docs/gateway.md describes the protocol.
 """
 
 from __future__ import annotations
@@ -29,14 +30,23 @@ from garycommon.httpapp import (
     replaying,
 )
 from garycommon.keys import Who, caller, require_admin
+from garycommon.queueprotocol import (
+    GENERATION_LANE,
+    EnqueueRequest,
+    GpuId,
+    GpuRequest,
+    HeartbeatRequest,
+    LeaseRequest,
+    ReleaseRequest,
+    StatusRequest,
+)
 from garycommon.redisconn import client_error, pool_exhausted
 from garycommon.settings import Settings, get_settings
 
 from .gateway import Gateway
-from .models import EnqueueRequest, GpuId, GpuRequest, HeartbeatRequest, LeaseRequest, ReleaseRequest, StatusRequest
 
 log = logging.getLogger(__name__)
-GENERATION = "generation"
+GENERATION = GENERATION_LANE  # the original's routes: no lane prefix
 # a hot route: validates (raising as the FastAPI route would) and returns the gateway call to make
 Route = Callable[[dict[str, Any], Who, str], Callable[[], Awaitable[dict[str, Any]]]]
 

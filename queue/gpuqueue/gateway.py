@@ -26,12 +26,22 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from garycommon import rediskeys
 from garycommon.errors import ErrorCode, GaryError
 from garycommon.keys import Who, callback_base, key_identity
+from garycommon.queueprotocol import (
+    GENERATION_LANE,
+    JOB_ID_PATTERN,
+    EnqueueRequest,
+    GpuAnswer,
+    HeartbeatAnswer,
+    LeaseRequest,
+    QueueStatus,
+    StatusAnswer,
+    TaskView,
+)
 from garycommon.redisconn import connect
 from garycommon.settings import Settings
 
 from . import metrics
 from .estimates import Estimator
-from .models import EnqueueRequest, LeaseRequest
 from .notify import Notifier
 from .reaper import reap_forever
 from .scheduler import Scheduler, SchedulerConfig, split_task_id, task_id
@@ -40,12 +50,12 @@ from .vram import FALLBACK_GPU_ID, ModelTable, configured_gpus
 log = logging.getLogger(__name__)
 
 LIVE = ("granted", "processing")
-JOB_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")  # same rule as models.JobId
+JOB_ID = re.compile(JOB_ID_PATTERN)  # the rule a job_id field must pass
 GPU_CACHE_S = 1.0
 MAX_LONG_POLL_S = 30.0
 STOP_TIMEOUT_S = 2.0
 # lanes the original's gary uses: their tasks call back gary unless told otherwise
-GARY_LANES = ("generation", "transform")
+GARY_LANES = (GENERATION_LANE, "transform")
 
 
 def connect_redis(settings: Settings) -> aioredis.Redis:
@@ -143,7 +153,7 @@ class Gateway:
                 await self.scheduler.register_gpu(FALLBACK_GPU_ID, 0)
         self._gpus_at = 0.0
         self._after(out)
-        return {"gpu_id": gpu_id, "capacity_mb": capacity_mb, "result": out.get("result")}
+        return GpuAnswer(gpu_id=gpu_id, capacity_mb=capacity_mb, result=out.get("result")).wire()
 
     # --- sizing --------------------------------------------------------------------------------------------------
     @staticmethod
@@ -309,18 +319,16 @@ class Gateway:
         out = await self.scheduler.finish(task_id(lane, session_id), status, fence=fence, error=error, peak_mb=peak_mb)
         self._raise_for(out, lane, session_id)
         self._after(out)
-        return {"success": True, "session_id": session_id, "lane": lane, "status": out.get("state"),
-                **({"expires_at": out["expires_at"] / 1000} if "expires_at" in out else {})}
+        expires = {"expires_at": out["expires_at"] / 1000} if "expires_at" in out else {}
+        return StatusAnswer(session_id=session_id, lane=lane, status=out.get("state"), **expires).wire()
 
     async def heartbeat(self, lane: str, session_id: str, fence: int | None) -> dict[str, Any]:
         self.check_lane(lane)
         out = await self.scheduler.heartbeat(task_id(lane, session_id), fence=fence)
         self._raise_for(out, lane, session_id)
-        body: dict[str, Any] = {"success": True, "session_id": session_id, "lane": lane, "state": out["state"],
-                                "ttl_s": self.config.ttl_for(lane) / 1000}
-        if "expires_at" in out:
-            body["expires_at"] = out["expires_at"] / 1000
-        return body
+        expires = {"expires_at": out["expires_at"] / 1000} if "expires_at" in out else {}
+        return HeartbeatAnswer(session_id=session_id, lane=lane, state=out["state"],
+                               ttl_s=self.config.ttl_for(lane) / 1000, **expires).wire()
 
     def _raise_for(self, out: dict[str, Any], lane: str, session_id: str) -> None:
         result = out.get("result")
@@ -350,27 +358,23 @@ class Gateway:
         else:
             status = "processing" if state in LIVE else state
         queued_tasks = st.position if state == "queued" else st.queued
-        view: dict[str, Any] = {
-            "success": True, "session_id": task["sid"], "lane": task["lane"], "status": status, "state": state,
-            "type": task.get("type", ""), "model": task.get("model", ""), "vram_mb": int(task.get("mb") or 0),
-            "position": st.position, "queue_length": st.queued,
-            "estimated_wait_seconds": st.estimated_wait_seconds, "active_tasks": st.active,
-            "queued_tasks": queued_tasks,
-            "queue_status": {"estimated_wait_seconds": st.estimated_wait_seconds, "active_tasks": st.active,
-                             "queued_tasks": queued_tasks, "position": st.position},
-            "lease_id": task_id(task["lane"], task["sid"]), "attempts": int(task.get("grants") or 0),
-            "ttl_s": int(task.get("ttl_ms") or self.config.ttl_for(task["lane"])) / 1000,
-        }
+        optional: dict[str, Any] = {}  # TaskView sends an optional field only when given
         if state in LIVE:
-            view.update(fencing_token=int(task["fence"]), expires_at=int(task["expires_at"]) / 1000,
-                        gpu=task.get("gpu"))
-        if task.get("job"):
-            view["job_id"] = task["job"]
-        if task.get("error"):
-            view["error"] = task["error"]
-        if task.get("notify_error"):
-            view["notify_error"] = task["notify_error"]
-        return view
+            optional.update(fencing_token=int(task["fence"]), expires_at=int(task["expires_at"]) / 1000,
+                            gpu=task.get("gpu"))
+        for name, field in (("job_id", "job"), ("error", "error"), ("notify_error", "notify_error")):
+            if task.get(field):
+                optional[name] = task[field]
+        return TaskView(
+            session_id=task["sid"], lane=task["lane"], status=status, state=state, type=task.get("type", ""),
+            model=task.get("model", ""), vram_mb=int(task.get("mb") or 0), position=st.position,
+            queue_length=st.queued, estimated_wait_seconds=st.estimated_wait_seconds, active_tasks=st.active,
+            queued_tasks=queued_tasks,
+            queue_status=QueueStatus(estimated_wait_seconds=st.estimated_wait_seconds, active_tasks=st.active,
+                                     queued_tasks=queued_tasks, position=st.position),
+            lease_id=task_id(task["lane"], task["sid"]), attempts=int(task.get("grants") or 0),
+            ttl_s=int(task.get("ttl_ms") or self.config.ttl_for(task["lane"])) / 1000, **optional,
+        ).wire()
 
     async def snapshot(self) -> dict[str, Any]:
         """Everything an operator wants at a glance (`GET /queue`)."""

@@ -7,6 +7,7 @@ exponential, jittered backoff until the attempt budget is spent. A notification 
 same task is dropped unsent, so a late `queued` can never follow `ready`. The receiver deduplicates by id (a
 timed-out POST that did arrive is retried with the same id). With SERVICE_KEY set every POST carries
 `X-Gary-Signature` (HMAC-SHA256 over time, id and body), so the receiver can refuse forged notifications.
+The body is `garycommon.queueprotocol.TaskNotification`; docs/gateway.md describes delivery.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from redis.exceptions import RedisError
 
 from garycommon import rediskeys
 from garycommon.keys import SIGNATURE_HEADER, secret, sign
+from garycommon.queueprotocol import NOTIFICATION_ID_HEADER, NOTIFICATION_PATH, QueueStatus, TaskNotification
 from garycommon.settings import Settings
 
 from .estimates import Estimator
@@ -44,26 +46,29 @@ def backoff_s(base: float, attempt: int) -> float:
 
 
 def callback_body(n: dict[str, Any]) -> dict[str, Any]:
-    """The original's notification shape; `ready` also names the lease, `failed` says why."""
+    """The original's notification shape (`TaskNotification`) from an outbox entry; `ready` also names the lease,
+    `failed` says why."""
     status = n["status"]
     position = int(float(n.get("position") or 0))
-    queue_status = {
-        "estimated_wait_seconds": float(n.get("est") or 0.0),
-        "active_tasks": int(float(n.get("active") or 0)),
+    queue_status = QueueStatus(
+        estimated_wait_seconds=float(n.get("est") or 0.0),
+        active_tasks=int(float(n.get("active") or 0)),
         # gary shows queued_tasks as "you are number N": for a queued task that is its position
-        "queued_tasks": position if status == "queued" else int(float(n.get("queued") or 0)),
-        "position": position,
-    }
-    body: dict[str, Any] = {"session_id": n["sid"], "status": status, "type": n.get("type") or "", "lane": n["lane"],
-                            "notification_id": n["id"], "queue_status": queue_status}
+        queued_tasks=position if status == "queued" else int(float(n.get("queued") or 0)),
+        position=position,
+    )
+    body = TaskNotification(session_id=n["sid"], status=status, type=n.get("type") or "", lane=n["lane"],
+                            notification_id=n["id"], queue_status=queue_status)
     if status == "ready":
-        body.update(lease_id=task_id(n["lane"], n["sid"]), fencing_token=int(n["fence"]),
-                    expires_at=int(n["expires_at"]) / 1000, gpu=n.get("gpu"))
+        body.lease_id = task_id(n["lane"], n["sid"])
+        body.fencing_token = int(n["fence"])
+        body.expires_at = int(n["expires_at"]) / 1000
+        body.gpu = n.get("gpu")
     if n.get("job"):
-        body["job_id"] = n["job"]  # which of the session's jobs this is about (the task id is shared by all of them)
+        body.job_id = n["job"]  # which of the session's jobs this is about (the task id is shared by all of them)
     if n.get("error"):
-        body["error"] = n["error"]
-    return body
+        body.error = n["error"]
+    return body.wire()
 
 
 class Notifier:
@@ -110,10 +115,10 @@ class Notifier:
                 if n.get("status") == "queued" and not n.get("position"):
                     await self._fill_position(n)
                 body = json.dumps(callback_body(n)).encode()
-                headers = {"X-Notification-ID": n["id"], "Content-Type": "application/json"}
+                headers = {NOTIFICATION_ID_HEADER: n["id"], "Content-Type": "application/json"}
                 if self._key:  # signed at each attempt: a fresh timestamp, so a retry is never "stale"
                     headers[SIGNATURE_HEADER] = sign(self._key, n["id"], body)
-                resp = await self._http.post(f"{n['cb']}/task_notification", content=body, headers=headers)
+                resp = await self._http.post(f"{n['cb']}{NOTIFICATION_PATH}", content=body, headers=headers)
                 ok = 200 <= resp.status_code < 300
                 if not ok:
                     error = f"HTTP {resp.status_code}"

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 FALLBACK_GPU_ID = "default"
 
-# First match wins (case-insensitive globs on the model id). Sizes are peak MB while running (spec §3.1).
+# First match wins (case-insensitive globs on the model id). Sizes are peak MB while running (docs/gateway.md, leases).
 BUILTIN_MODEL_MB: tuple[tuple[str, int], ...] = (
     ("*melodyflow*", 9000),
     ("*stable-audio-open-small*", 2000),
@@ -31,7 +31,7 @@ BUILTIN_MODEL_MB: tuple[tuple[str, int], ...] = (
     ("*small*", 2000),
 )
 # When nothing matches (community fine-tunes name no size): a conservative guess per lane.
-LANE_DEFAULT_MB: dict[str, int] = {"generation": 5000, "transform": 9000, "jerry": 2000, "ace": 11000}
+LANE_DEFAULT_MB: dict[str, int] = {"generation": 5000, "transform": 9000, "jerry": 2000}
 DEFAULT_MB = 5000
 LEARNED_MARGIN = 1.10
 
