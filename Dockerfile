@@ -20,16 +20,20 @@ COPY deploy/install.sh deploy/install.sh
 RUN deploy/install.sh base system
 COPY requirements/runtime.lock.txt requirements/queue.lock.txt requirements/
 
+# The project's source, gathered once; each image copies it whole after its own (slow, cached) dependency layer.
+FROM scratch AS source
+COPY pyproject.toml README.md /src/
+COPY garycommon /src/garycommon
+COPY garystack /src/garystack
+COPY gary /src/gary
+COPY jerry /src/jerry
+COPY terry /src/terry
+COPY queue /src/queue
+
 FROM base AS queue
 RUN deploy/install.sh queue deps
 # The whole source tree only because pyproject lists every package; the services' code is inert here.
-COPY pyproject.toml README.md ./
-COPY garycommon garycommon
-COPY garystack garystack
-COPY gary gary
-COPY jerry jerry
-COPY terry terry
-COPY queue queue
+COPY --from=source /src/ ./
 RUN deploy/install.sh queue project
 USER app
 EXPOSE 8085
@@ -40,13 +44,7 @@ CMD ["gpu-queue-server", "--host", "0.0.0.0", "--port", "8085"]
 FROM base AS engines
 # The slow layer (a few GB of wheels) first, so code edits rebuild only the project layer.
 RUN deploy/install.sh gpu deps
-COPY pyproject.toml README.md ./
-COPY garycommon garycommon
-COPY garystack garystack
-COPY gary gary
-COPY jerry jerry
-COPY terry terry
-COPY queue queue
+COPY --from=source /src/ ./
 RUN deploy/install.sh gpu project
 USER app
 

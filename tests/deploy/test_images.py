@@ -100,24 +100,31 @@ def test_compose_builds_the_dockerfile_targets() -> None:
 
 
 def _copy_steps(stage: str, app: Path) -> None:
-    """The stage's COPY steps, relative to WORKDIR (app)."""
+    """The stage's COPY steps into `app`, the folder standing for its WORKDIR (and, for a stage without one, its
+    root), with Docker's rules: a folder's contents go into the destination; files go into a destination ending in
+    `/`. `COPY --from=<stage>` takes what that stage's own COPY steps gathered."""
     _, stages = df.parse()
     for instruction, rest in df.steps(stages, stage):
         if instruction != "COPY":
             continue
-        *sources, dest = rest.split()
+        words = rest.split()
+        origin = ROOT
+        if words[0].startswith("--from="):
+            other = words.pop(0).removeprefix("--from=")
+            origin = app.parent / f"{app.name}-from-{other}"
+            if not origin.exists():
+                _copy_steps(other, origin)
+        *sources, dest = words
         into_dir = dest.endswith("/") or len(sources) > 1
+        target = app / dest.strip("/")
         for src in sources:
-            source = ROOT / src
-            target = app / dest / source.name if into_dir else app / dest.rstrip("/")
-            if target == app / ".":
-                target = app / source.name
-            target.parent.mkdir(parents=True, exist_ok=True)
+            source = origin / src.strip("/")
             if source.is_dir():
                 shutil.copytree(source, target, dirs_exist_ok=True,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "node_modules"))
             else:
-                shutil.copy2(source, target)
+                (target if into_dir else target.parent).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target / source.name if into_dir else target)
 
 
 def _fill_wheelhouse(target: str) -> None:
