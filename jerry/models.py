@@ -1,7 +1,7 @@
 """Which SAO models are loaded: the standard one (resident, loaded and warmed at start-up) plus an LRU of fine-tunes.
 
 Loading runs on the GPU worker thread (in order with generations), so the event loop stays responsive and `/health`
-only ever reports state — it never triggers a download (§6.10). Fine-tunes are only fetched from allowed repos.
+only ever reports state — it never triggers a download. Fine-tunes are only fetched from allowed repos.
 """
 
 from __future__ import annotations
