@@ -308,7 +308,7 @@ class SAOEngine:
 
 
 def finetune_config_candidates(checkpoint: str) -> list[str]:
-    """Config files a fine-tune repo may carry, in the original's order of preference (spec §2)."""
+    """Config files a fine-tune repo may carry, in the original's order of preference."""
     import re
 
     stem = checkpoint.rsplit(".", 1)[0]
