@@ -1,5 +1,5 @@
-"""gary's pure pieces: the string-payload parser (§8.10), request validation, queue_status wording, the audio math of
-§3 (first/last prompt seconds, output lengths, channels — §8.2) and the Redis-sorted-set progress throttle (§8.7)."""
+"""gary's pure pieces: the string-payload parser, request validation, queue_status wording, the audio math of
+bang and continue (first/last prompt seconds, output lengths, channels) and the Redis-sorted-set progress throttle."""
 
 from __future__ import annotations
 
