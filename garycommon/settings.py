@@ -236,7 +236,7 @@ def get_settings() -> Settings:
 
 
 def markdown_table() -> str:
-    """The README's configuration table, generated so it can't drift from the code (tests/test_docs.py)."""
+    """The README's configuration table, generated so it can't drift from the code (tests/test_docs_and_deploy.py)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
