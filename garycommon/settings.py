@@ -91,12 +91,12 @@ class Settings(BaseSettings):
         24000, gt=0, description="Queue gateway: size of the placeholder GPU used when none is configured, detected or registered"
     )
     queue_lanes: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["generation", "transform", "jerry", "terry", "gary", "sa3"],
+        default_factory=lambda: ["generation", "transform", "jerry", "terry", "gary"],
         description="Queue gateway: known lanes (`/tasks` is `generation`, other lanes are `/{lane}/...`)",
     )
-    queue_lane_caps: str = Field("transform=1,sa3=1", description="Queue gateway: most concurrent leases per lane, `lane=N,...`")
+    queue_lane_caps: str = Field("transform=1", description="Queue gateway: most concurrent leases per lane, `lane=N,...`")
     queue_lane_lease_ttl: str = Field(
-        "sa3=900",
+        "",
         description="Queue gateway: per-lane lease TTL seconds for pull-style callers that never heartbeat, `lane=S,...`",
     )
     queue_model_vram: str = Field(

@@ -91,8 +91,10 @@ def test_transform_lane_runs_one_at_a_time_beside_generation(make_gateway, http:
 
 
 def test_lane_pull_style(make_gateway, http: httpx.Client) -> None:
-    """sa3-style callers: `{session_id}` only, poll until processing, release with completed."""
-    gw = make_gateway(queue_gpus="gpu0=80000")
+    """Pull-style callers (an outside service on a lane the operator adds): `{session_id}` only, poll until
+    processing, release with completed; a lease TTL long enough for callers that never heartbeat."""
+    gw = make_gateway(queue_gpus="gpu0=80000", queue_lanes=["generation", "transform", "sa3"], queue_lane_caps="sa3=1",
+                      queue_lane_lease_ttl="sa3=900")
     first = http.post(f"{gw.url}/sa3/tasks", json={"session_id": "p1"}).json()
     second = http.post(f"{gw.url}/sa3/tasks", json={"session_id": "p2"}).json()
     assert (first["status"], first["position"]) == ("processing", 0)
