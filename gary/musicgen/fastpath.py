@@ -141,21 +141,24 @@ class FastDecoder:
             x = self._layer(layer, x, state.cache[i], pos, state.cross[i] if state.cross is not None else None)
         self._emit(lm, x, state, self.model.keys, active)
 
-    def warmup_jobs(self, batch: int) -> list[Job]:
-        """Dummy requests shaped like real ones (a description, top-k sampling, CFG), 4 frames, no prompt."""
+    def warmup_jobs(self, batch: int, described: bool = True) -> list[Job]:
+        """Dummy requests shaped like real ones (top-k sampling, CFG), 4 frames, no prompt; with a description (CFG
+        rows doubled) or without one (gary4live's requests: one row each, no text), as the encoder makes them."""
         model = self.model
         cfg = model.lm.cfg
+        present = described and cfg.cross_attention
         return [Job(torch.zeros(cfg.n_q, 0, dtype=torch.long, device=model.device), 4,
-                    TextCondition(torch.zeros(4, cfg.dim, device=model.device), cfg.cross_attention),
+                    TextCondition(torch.zeros(4 if present else 1, cfg.dim, device=model.device), present),
                     1.0, 250, 0.0, 3.0, i) for i in range(batch)]
 
     def warmup(self) -> float:
-        """Compile and capture for batch 1 and 2 on dummy requests (a few frames each), so that the first real request
-        pays neither; returns the seconds it took. Never raises: if compiling fails, the decoder falls back to the
-        uncompiled fused step (logged) rather than failing the model load."""
+        """Compile and capture for batch 1 and 2, with and without a description (each is its own compiled graph: rows
+        doubled for CFG or not), on dummy requests (a few frames each), so that the first real request pays neither;
+        returns the seconds it took. Never raises: if compiling fails, the decoder falls back to the uncompiled fused
+        step (logged) rather than failing the model load."""
         t0 = time.perf_counter()
-        for batch in (1, 2):
-            jobs = self.warmup_jobs(batch)
+        for batch, described in ((1, True), (2, True), (1, False), (2, False)):
+            jobs = self.warmup_jobs(batch, described)
             try:
                 self.generate(jobs)
             except Exception:  # noqa: BLE001 - any compiler failure: keep serving, uncompiled
