@@ -57,8 +57,8 @@ def _engine_factory(settings: Settings) -> Any:
 
 def create_app(settings: Settings | None = None) -> KeyGate:
     settings = settings or get_settings()
-    if settings.demo_models and settings.local_models_dir is None:
-        settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "demo-models"})
+    if settings.demo_models:
+        settings = settings.with_demo_models_dir()
     redis = connect_redis(settings, decode_responses=True)  # sized, waits for a free connection (issue 14)
     sio = socketio.AsyncServer(
         async_mode="asgi",

@@ -406,6 +406,8 @@ class JobRunner:
             lambda: base64.b64encode(pipeline.partial_wav(prepared, audio, rate)).decode("ascii"))
         seconds = round(audio.shape[-1] / rate, 3)
         await self.status.set_partial(job.job_id, audio_b64)
+        if job.state not in RUNNING_STATES:
+            return  # the result went out while this piece was encoded: a partial after it would confuse a client
         await self.notifier.emit("partial_audio", {"session_id": job.session_id, "job_id": job.job_id,
                                                    "audio_data": audio_b64, "generated_seconds": seconds,
                                                    "final": False}, job.session_id, job.requester)

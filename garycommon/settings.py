@@ -209,6 +209,16 @@ class Settings(BaseSettings):
         return allowed_callback_bases(self.gary_url, self.queue_callback_hosts)
 
     @property
+    def demo_models_dir(self) -> Path:
+        """Where demo models are written and read: LOCAL_MODELS_DIR, else DATA_DIR/demo-models (every service and
+        `gary-stack up` agree, so one folder serves the whole stack)."""
+        return self.local_models_dir if self.local_models_dir is not None else self.data_dir / "demo-models"
+
+    def with_demo_models_dir(self) -> Settings:
+        """These settings with LOCAL_MODELS_DIR pinned to `demo_models_dir`."""
+        return self.model_copy(update={"local_models_dir": self.demo_models_dir})
+
+    @property
     def queue_mode(self) -> str:
         """`solo` without a gateway (each service alone on its GPU), else `gateway`; told in every /health."""
         return "gateway" if self.queue_url else "solo"

@@ -57,9 +57,7 @@ def prepare_demo(settings: Settings) -> Settings:
     """Write the tiny demo checkpoint (+ tiny T5) and demo riffs; returns settings pointing at them."""
     from .sao.demo import install_demo
 
-    if settings.local_models_dir is None:
-        settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "models"})
-    settings = settings.model_copy(update={"demo_models": True})
+    settings = settings.with_demo_models_dir().model_copy(update={"demo_models": True})
     written = install_demo(settings)
     folder = riffs_dir(settings)
     if not (folder.is_dir() and any(folder.glob("*.wav"))):

@@ -39,8 +39,7 @@ def prepare_demo(settings: Settings) -> tuple[Settings, str]:
     """Write the tiny random demo checkpoint (idempotent) and point the model setting at it."""
     from .melodyflow.demo import install_demo
 
-    if settings.local_models_dir is None:
-        settings = settings.model_copy(update={"local_models_dir": settings.data_dir / "demo-models"})
+    settings = settings.with_demo_models_dir()
     path = install_demo(settings)
     log.warning("DEMO MODE: MelodyFlow runs tiny random weights from %s - output is noise, not music", path)
     return settings.model_copy(update={"terry_model": str(path), "demo_models": True}), str(path)

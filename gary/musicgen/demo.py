@@ -166,8 +166,8 @@ def write_demo_checkpoint(folder: Path, *, size: str = "small", stereo: bool = F
 
 
 def demo_root(settings: Settings) -> Path:
-    """LOCAL_MODELS_DIR, else DATA_DIR/demo-models: where gary's app, terry and `gary-stack up` put demo models too."""
-    return settings.local_models_dir if settings.local_models_dir is not None else settings.data_dir / "demo-models"
+    """Where the demo checkpoints live (`Settings.demo_models_dir`, shared with jerry, terry and `gary-stack up`)."""
+    return settings.demo_models_dir
 
 
 def install_demo(settings: Settings, names: Iterable[str]) -> list[str]:
