@@ -8,7 +8,6 @@ The layout is the loaded model's (weight norm already folded into `...conv.conv.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from gary.musicgen.checkpoint import compression_config
 from gary.musicgen.demo import compression_xp_cfg
 from gary.musicgen.encodec import Encodec
 from garycommon.safeconfig import plain_config
+from tests.layouts import assert_layout_pinned
 
 PINNED = Path(__file__).with_name("encodec_layout.json")
 
@@ -49,11 +49,6 @@ def build(name: str) -> Encodec:
         return Encodec(compression_config(plain_config(CONFIGS[name](), name)))
 
 
-def layout(module: torch.nn.Module) -> list[list[Any]]:
-    return [[key, list(value.shape)] for key, value in module.state_dict().items()]
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_state_dict_layout_is_pinned(name: str) -> None:
-    pinned = json.loads(PINNED.read_text())[name]
-    assert layout(build(name)) == pinned
+    assert_layout_pinned(build(name), PINNED, name)

@@ -8,9 +8,7 @@ is the one `best_state` loads into: weight norm still as torch parametrizations.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ import torch
 from terry.melodyflow.checkpoint import codec_config
 from terry.melodyflow.codec import SEANetVAE
 from terry.melodyflow.demo import REAL_CODEC_CFG, tiny_configs
+from tests.layouts import assert_layout_pinned
 
 PINNED = Path(__file__).with_name("codec_layout.json")
 
@@ -29,11 +28,6 @@ def build(name: str) -> SEANetVAE:
         return SEANetVAE(codec_config(CONFIGS[name]()))
 
 
-def layout(module: torch.nn.Module) -> list[list[Any]]:
-    return [[key, list(value.shape)] for key, value in module.state_dict().items()]
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_state_dict_layout_is_pinned(name: str) -> None:
-    pinned = json.loads(PINNED.read_text())[name]
-    assert layout(build(name)) == pinned
+    assert_layout_pinned(build(name), PINNED, name)
