@@ -2,8 +2,9 @@
 
 The engine batches rows of different prompts, parameters and even models, so every generation has the same group;
 on a GPU a batch costs little more than one request (the measured peer: 105 s for one 30 s clip, 118 s for eight).
-The first request never waits for company, so a lone user sees no extra latency. The thread, the order, and the
-retry one by one of a failed batch are `garycommon.gpuworker`'s.
+The first request never waits for company, so a lone user sees no extra latency, unless gary is preparing other
+generations right then (a burst of clients): it then waits for them, briefly, and they run as one call. The thread,
+the order, and the retry one by one of a failed batch are `garycommon.gpuworker`'s.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from garycommon.gpuworker import GpuWorker
 
 from .engine_protocol import GenerationEngine
 
+# Preparing a request (decoding the input, resampling) takes ~0.1-0.3 s: waiting that long for a burst's other
+# requests costs the first of them far less than queueing the rest behind its whole generation would cost them.
+COMPANY_WAIT_S = 0.3
 Progress = Callable[[int, int], None]
 PartialAudio = Callable[[Any, int], None]  # (audio so far [C, T], sample rate), from the GPU thread
 
@@ -30,11 +34,14 @@ class _Item:
 
 class GenerationBatcher:
     def __init__(self, engine: Callable[[], GenerationEngine], max_batch: int, partial_seconds: float = 0.0, *,
-                 name: str = "gary-gpu") -> None:
+                 name: str = "gary-gpu", company: Callable[[], int] | None = None) -> None:
+        """`company`: how many generations are being prepared right now (granted, input still decoding); a first
+        request waits up to COMPANY_WAIT_S for them, so clients pressing at once share one engine call."""
         self._engine = engine
         self.partial_seconds = partial_seconds
         # All of gary's GPU work (generations, preloads) goes through this one worker.
-        self.worker = GpuWorker(name, self._run_batch, max_batch=max_batch, first_alone=True)
+        self.worker = GpuWorker(name, self._run_batch, max_batch=max_batch, first_alone=True, company=company,
+                                company_wait_s=COMPANY_WAIT_S)
 
     @property
     def max_batch(self) -> int:

@@ -72,7 +72,9 @@ class JobRunner:
         self._engine_factory = engine_factory
         self._engine: GenerationEngine | None = None
         self._engine_lock = threading.Lock()
-        self.batcher = GenerationBatcher(self.engine, settings.gary_max_batch, settings.gary_partial_seconds)
+        self._preparing = 0  # generations between their grant and the GPU worker (decoding input, encoding prompts)
+        self.batcher = GenerationBatcher(self.engine, settings.gary_max_batch, settings.gary_partial_seconds,
+                                         company=lambda: self._preparing)
         # One GPU worker thread: MusicGen never runs on the event loop, and never twice at once in this process.
         self.gpu = self.batcher.worker
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -216,9 +218,13 @@ class JobRunner:
         return raw
 
     async def _generate(self, job: Job) -> Output:
-        raw = await self._input(job)
-        prepared = await asyncio.to_thread(pipeline.prepare, job.type, job.params, raw,
-                                           max_bytes=self.settings.max_audio_bytes)
+        self._preparing += 1  # the GPU worker lets a first request wait briefly for these (a burst shares one call)
+        try:
+            raw = await self._input(job)
+            prepared = await asyncio.to_thread(pipeline.prepare, job.type, job.params, raw,
+                                               max_bytes=self.settings.max_audio_bytes)
+        finally:
+            self._preparing -= 1
         loop = asyncio.get_running_loop()
         progress = self._progress_callback(job, loop)
         partial = self._partial_callback(job, prepared, loop) if job.params.get("stream_partials") else None

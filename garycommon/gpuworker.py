@@ -11,7 +11,9 @@ Two kinds of work go in:
 
 What differs between services is only how requests group: the key, `max_batch`, a gathering window, and whether a
 request that finds no other request ahead of it starts alone (`first_alone`: it never waits for company, even behind
-a call) or waits to be gathered with whatever queues up behind a busy thread.
+a call) or waits to be gathered with whatever queues up behind a busy thread. A service that knows requests are on
+their way (`company`: how many are being prepared right now) lets a first request wait up to `company_wait_s` for
+them, so a burst of clients shares one engine call instead of queueing behind the first of them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class _Request:
 class GpuWorker:
     def __init__(self, name: str, run_batch: RunBatch | None = None, *, max_batch: int = 1, window_s: float = 0.0,
                  gather_limit: int | None = None, first_alone: bool = False,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None, company: Callable[[], int] | None = None,
+                 company_wait_s: float = 0.0) -> None:
         self.name = name
         self._run_batch = run_batch
         self.max_batch = max(1, max_batch)
@@ -60,6 +63,8 @@ class GpuWorker:
         self.gather_limit = max(1, gather_limit or self.max_batch)  # requests taken per pickup, all groups together
         self.first_alone = first_alone
         self._on_batch = on_batch
+        self._company = company
+        self.company_wait_s = company_wait_s
         self._cv = threading.Condition()
         self._queue: deque[_Call | _Request] = deque()
         self._batch_running = False
@@ -102,7 +107,8 @@ class GpuWorker:
             if self._closed:
                 raise RuntimeError(f"{self.name} is stopped")
             if isinstance(entry, _Request) and self.first_alone:
-                entry.alone = not self._batch_running and not any(isinstance(e, _Request) for e in self._queue)
+                entry.alone = (not self._batch_running and not any(isinstance(e, _Request) for e in self._queue)
+                               and not self._expected())
             self._queue.append(entry)
             self._start_locked()
             self._cv.notify_all()
@@ -155,18 +161,33 @@ class GpuWorker:
                 with self._cv:
                     self._batch_running = False
 
+    def _expected(self) -> int:
+        """Requests the service says are on their way (0 without a `company` hook, or when it fails)."""
+        if self._company is None:
+            return 0
+        try:
+            return max(0, int(self._company()))
+        except Exception:  # noqa: BLE001 - a hint only: never let it stop the worker
+            return 0
+
     def _gather(self, batch: list[_Request]) -> None:
         """(With the lock held.) Take the requests queued right behind the first — and those arriving within the
-        window — up to the gathering limit; a call ends the gathering and keeps its place."""
-        deadline = time.monotonic() + self.window_s
+        window, or while the service expects more (up to `company_wait_s`) — up to the gathering limit; a call ends
+        the gathering and keeps its place."""
+        start = time.monotonic()
         while len(batch) < self.gather_limit:
             if self._queue:
                 if not isinstance(self._queue[0], _Request):
                     return
                 batch.append(self._queue.popleft())  # type: ignore[arg-type]
                 continue
-            left = deadline - time.monotonic()
-            if left <= 0 or self._closed:
+            if self._closed:
+                return
+            now = time.monotonic()
+            left = start + self.window_s - now
+            if left <= 0 and self._expected() and now < start + self.company_wait_s:
+                left = min(0.01, start + self.company_wait_s - now)  # re-ask: a preparation may end without a request
+            if left <= 0:
                 return
             self._cv.wait(left)
 

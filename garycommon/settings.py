@@ -148,8 +148,8 @@ class Settings(BaseSettings):
     gary_partial_seconds: float = Field(
         5.0, ge=0, description="gary: a generation whose client asked (stream_partials) gets its audio so far every "
         "this many seconds of it (0 = never)")
-    gary_max_batch: int = Field(
-        4, ge=1, le=64, description="gary: most generations sharing one engine call (solo mode also runs this many at once)"
+    gary_max_batch: int = Field(  # 8: a batch of 8 costs ~1.5x one generation on an H100 (bench/results/musicgen_rerun.md)
+        8, ge=1, le=64, description="gary: most generations sharing one engine call (solo mode also runs this many at once)"
     )
 
     terry_model: str = Field("facebook/melodyflow-t24-30secs", description="terry: MelodyFlow checkpoint (repo id or folder)")

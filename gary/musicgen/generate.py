@@ -151,12 +151,15 @@ def kv_bound(prompt_lens: list[int], lasts: list[int], step: int, s_max: int, bu
 
 def hand_partial(seq: torch.Tensor, jobs: list[Job], delays: list[int], step: int, every: int,
                  tokens_so_far: TokensSoFar | None) -> None:
-    """After decode step `step`, every `every` steps: hand `tokens_so_far` the codes of the frames complete in every
-    codebook of every row (a host copy, [K, frames] per job) and that frame count. Step n has written position
-    P + 1 + n of a row with P prompt frames, and frame t's last codebook sits at t + 1 + max(delays)."""
-    if tokens_so_far is None or every <= 0 or step % every:
+    """Each time `every` more new frames are complete in every codebook of every row (a partial of N seconds then
+    holds N whole seconds of new audio, not a few frames less): hand `tokens_so_far` the codes of the complete frames
+    (a host copy, [K, frames] per job) and that frame count. Step n has written position P + 1 + n of a row with P
+    prompt frames, and frame t's last codebook sits at t + 1 + max(delays), so n + 1 - max(delays) new frames are
+    complete after it."""
+    new = step + 1 - max(delays)
+    if tokens_so_far is None or every <= 0 or new <= 0 or new % every:
         return
-    done = min(min(j.prompt.shape[-1] + step + 1 - max(delays), j.frames) for j in jobs)
+    done = min(min(j.prompt.shape[-1] + new, j.frames) for j in jobs)
     if done > 0:
         host = seq.cpu()  # synchronises: the caller asked for the tokens now
         tokens_so_far([revert_sequence(host[b], delays, done) for b in range(len(jobs))], done)

@@ -227,3 +227,31 @@ async def test_a_held_lease_is_taken_again_when_lost_or_refused(monkeypatch: pyt
     assert [s["state"] for s in states] == ["waiting", "retrying", "waiting", "held", "waiting", "held"]
     assert states[1]["error"] == "gateway down" and states[-1]["lease_id"] == "lease-1"
     assert gateway.released == ["lease-0", "lease-1"], "the lost lease and, at shutdown, the held one"
+
+
+async def test_a_first_request_waits_briefly_for_requests_the_service_is_preparing() -> None:
+    """A burst: the first request would start alone, but the service says two more are being prepared; they arrive
+    within the wait and all three share one call. Without expected company a lone request starts at once."""
+    engine = Engine()
+    preparing = [2]
+    worker = GpuWorker("test-gpu", engine, max_batch=8, first_alone=True, company=lambda: preparing[0],
+                       company_wait_s=5.0)
+    try:
+        first = asyncio.ensure_future(worker.run(1))
+        await asyncio.sleep(0.2)  # the two others finish preparing while the first waits
+        preparing[0] = 0
+        others = [asyncio.ensure_future(worker.run(n)) for n in (2, 3)]
+        assert await asyncio.wait_for(asyncio.gather(first, *others), 4) == [2, 4, 6]
+        assert engine.calls == [(None, [1, 2, 3])]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await worker.run(4) == 8  # nobody expected: no waiting
+        assert loop.time() - started < 1.0 and engine.calls[-1] == (None, [4])
+        # a preparation that ends without a request (its input failed) ends the wait too, well before the cap
+        preparing[0] = 1
+        lone = asyncio.ensure_future(worker.run(5))
+        await asyncio.sleep(0.2)
+        preparing[0] = 0
+        assert await asyncio.wait_for(lone, 2) == 10 and engine.calls[-1] == (None, [5])
+    finally:
+        await asyncio.to_thread(worker.stop)
