@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> KeyGate:
                               else SoloDispatcher(notifier, generation_slots=settings.gary_max_batch))
     runner = JobRunner(settings, store, jobs, status, notifier, ProgressThrottle(redis), dispatcher, terry,
                        _engine_factory(settings))
-    ops = Operations(settings, redis, store, jobs, status, dispatcher)
+    ops = Operations(settings, redis, store, jobs, status, dispatcher, runner.company)
     ctx = GaryContext(settings=settings, redis=redis, sio=sio, store=store, jobs=jobs, status=status, notifier=notifier,
                       dispatcher=dispatcher, runner=runner, terry=terry, ops=ops)
 

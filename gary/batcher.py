@@ -3,12 +3,14 @@
 The engine batches rows of different prompts, parameters and even models, so every generation has the same group;
 on a GPU a batch costs little more than one request (the measured peer: 105 s for one 30 s clip, 118 s for eight).
 The first request never waits for company, so a lone user sees no extra latency, unless gary is preparing other
-generations right then (a burst of clients): it then waits for them, briefly, and they run as one call. The thread,
+generations or has just queued them (a burst of clients): it then waits for them, briefly, and they run as one
+call (`Company`). The thread,
 the order, and the retry one by one of a failed batch are `garycommon.gpuworker`'s.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +23,44 @@ from .engine_protocol import GenerationEngine
 # Preparing a request (decoding the input, resampling) takes ~0.1-0.3 s: waiting that long for a burst's other
 # requests costs the first of them far less than queueing the rest behind its whole generation would cost them.
 COMPANY_WAIT_S = 0.3
+# A generation submitted to the queue this recently counts as on its way (the gateway grants a burst within ~0.4 s on
+# an H100 stack); an older one waits for VRAM or died, and nobody should wait for it.
+ARRIVAL_HORIZON_S = 1.0
 Progress = Callable[[int, int], None]
 PartialAudio = Callable[[Any, int], None]  # (audio so far [C, T], sample rate), from the GPU thread
+
+
+class Company:
+    """The generations on their way to this process's GPU worker: just submitted to the queue, or granted and still
+    being prepared. Called from the GPU thread (`__call__`) while the event loop updates it, hence the lock."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._submitted: dict[str, float] = {}
+        self._preparing = 0
+
+    def submitted(self, job_id: str) -> None:
+        with self._lock:
+            self._submitted[job_id] = self._clock()
+
+    def preparing(self, job_id: str) -> None:
+        """Granted: no longer waiting for the queue, now decoding its input."""
+        with self._lock:
+            self._submitted.pop(job_id, None)
+            self._preparing += 1
+
+    def prepared(self) -> None:
+        """Reaching the worker (or failing on the way): no longer expected."""
+        with self._lock:
+            self._preparing -= 1
+
+    def __call__(self) -> int:
+        horizon = self._clock() - ARRIVAL_HORIZON_S
+        with self._lock:
+            for job_id in [j for j, at in self._submitted.items() if at < horizon]:
+                del self._submitted[job_id]
+            return len(self._submitted) + self._preparing
 
 
 @dataclass
@@ -35,8 +73,8 @@ class _Item:
 class GenerationBatcher:
     def __init__(self, engine: Callable[[], GenerationEngine], max_batch: int, partial_seconds: float = 0.0, *,
                  name: str = "gary-gpu", company: Callable[[], int] | None = None) -> None:
-        """`company`: how many generations are being prepared right now (granted, input still decoding); a first
-        request waits up to COMPANY_WAIT_S for them, so clients pressing at once share one engine call."""
+        """`company`: how many generations are on their way (a `Company`); a first request waits up to COMPANY_WAIT_S
+        for them, so clients pressing at once share one engine call."""
         self._engine = engine
         self.partial_seconds = partial_seconds
         # All of gary's GPU work (generations, preloads) goes through this one worker.

@@ -31,8 +31,9 @@ from garycommon.progress import StatusStore
 from garycommon.settings import Settings
 
 from . import catalog, pipeline
+from .batcher import Company
 from .dispatch import Dispatcher
-from .jobs import TRANSFORM_LANE, Job, JobStore, JobType, new_job
+from .jobs import GENERATION_LANE, TRANSFORM_LANE, Job, JobStore, JobType, new_job
 from .payloads import (
     MAX_AUDIO_TEXT,
     ChunkRequest,
@@ -77,8 +78,10 @@ class Accepted:
 
 class Operations:
     def __init__(self, settings: Settings, redis: aioredis.Redis, store: SessionStore, jobs: JobStore,
-                 status: StatusStore, dispatcher: Dispatcher) -> None:
+                 status: StatusStore, dispatcher: Dispatcher, company: Company | None = None) -> None:
+        """`company`: told of every generation queued here, so the GPU worker can gather a burst into one call."""
         self.settings = settings
+        self.company = company
         self.redis = redis
         self.store = store
         self.jobs = jobs
@@ -165,6 +168,8 @@ class Operations:
         await self.status.set_status(session_id, "queued", job_id=job.job_id)
         if on_accepted is not None:
             await on_accepted(session_id)
+        if self.company is not None and job.lane == GENERATION_LANE:
+            self.company.submitted(job.job_id)
         try:
             await self.dispatcher.submit(job)
         except GaryError as exc:

@@ -28,7 +28,7 @@ from garycommon.residency import ResidentLease
 from garycommon.settings import Settings
 
 from . import pipeline
-from .batcher import GenerationBatcher
+from .batcher import Company, GenerationBatcher
 from .dispatch import Dispatcher
 from .engine_protocol import GenerationEngine
 from .jobs import ACTIVE_STATES, GENERATION_LANE, RUNNING_STATES, TRANSFORM_LANE, Job, JobStore
@@ -72,9 +72,9 @@ class JobRunner:
         self._engine_factory = engine_factory
         self._engine: GenerationEngine | None = None
         self._engine_lock = threading.Lock()
-        self._preparing = 0  # generations between their grant and the GPU worker (decoding input, encoding prompts)
+        self.company = Company()  # generations on their way to the GPU worker (Operations notes submissions)
         self.batcher = GenerationBatcher(self.engine, settings.gary_max_batch, settings.gary_partial_seconds,
-                                         company=lambda: self._preparing)
+                                         company=self.company)
         # One GPU worker thread: MusicGen never runs on the event loop, and never twice at once in this process.
         self.gpu = self.batcher.worker
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -218,13 +218,13 @@ class JobRunner:
         return raw
 
     async def _generate(self, job: Job) -> Output:
-        self._preparing += 1  # the GPU worker lets a first request wait briefly for these (a burst shares one call)
+        self.company.preparing(job.job_id)  # the GPU worker lets a first request wait briefly for these
         try:
             raw = await self._input(job)
             prepared = await asyncio.to_thread(pipeline.prepare, job.type, job.params, raw,
                                                max_bytes=self.settings.max_audio_bytes)
         finally:
-            self._preparing -= 1
+            self.company.prepared()
         loop = asyncio.get_running_loop()
         progress = self._progress_callback(job, loop)
         partial = self._partial_callback(job, prepared, loop) if job.params.get("stream_partials") else None

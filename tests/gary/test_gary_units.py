@@ -170,3 +170,22 @@ async def test_a_bad_request_does_not_sink_its_batch(gary_models: Path) -> None:
         assert "top_p" in err.value.message
     finally:
         await asyncio.to_thread(batcher.worker.stop)
+
+
+def test_company_counts_generations_on_their_way_and_forgets_stale_submissions() -> None:
+    """What lets a burst share one engine call: just-queued and preparing generations count; a submission whose grant
+    has not come within the horizon (waiting for VRAM, or dead) stops counting, so nobody waits for it."""
+    from gary import batcher
+
+    now = [100.0]
+    company = batcher.Company(clock=lambda: now[0])
+    assert company() == 0
+    company.submitted("a")
+    company.submitted("b")
+    assert company() == 2
+    company.preparing("a")  # granted: counted once, as preparing
+    assert company() == 2
+    company.prepared()
+    assert company() == 1
+    now[0] += batcher.ARRIVAL_HORIZON_S + 0.1
+    assert company() == 0
