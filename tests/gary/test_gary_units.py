@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -115,8 +116,10 @@ def test_output_lengths_rates_and_channels() -> None:
     assert pipeline.fit_output(torch.zeros(2, 32000), 32000, mono).shape == (1, 1000)
 
 
-async def test_progress_throttle_uses_a_sorted_set(redis_url: str) -> None:
-    redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def test_progress_throttle_uses_a_sorted_set(redis_server: Any) -> None:
+    # its own database: the session's gary servers share db 0, and a generation still running there would count
+    redis = aioredis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/9", decode_responses=True)
+    await redis.flushdb()
     try:
         throttle = ProgressThrottle(redis, interval=0.2, busy_interval=0.6)
         await throttle.mark_active("a")
