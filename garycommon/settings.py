@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     )
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    cpu_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Model compute dtype on a CPU: auto = bf16 where the CPU runs bf16 natively (AVX512-BF16 "
+        "/ AMX), else fp32; bf16 or fp32 force it (GPUs keep their own: fp16/bf16)"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty = open (solo use)"
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from garycommon.devices import pick_device
+from garycommon.devices import cpu_dtype, pick_device
 from garycommon.errors import ErrorCode, GaryError, ModelLoadError
 from garycommon.hub import local_dir_for, resolve_model_dir
 from garycommon.settings import Settings
@@ -84,7 +84,8 @@ class MusicGenEngine:
         self.source: ModelSource = source if source is not None else LocalModels(settings)
         self.device = device or pick_device(settings.device)
         self.max_resident = max(1, max_resident)
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        # CUDA: fp16; CPU: CPU_DTYPE (auto = bf16 where the CPU runs it natively). Logits and sampling stay fp32.
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else cpu_dtype(settings.cpu_dtype))
         self._models: OrderedDict[str, MusicGenModel] = OrderedDict()
         self._t5: dict[str, tuple[Any, torch.nn.Module]] = {}
         self._lock = threading.RLock()  # guards the dicts only: resident()/vram_mb() never wait for a load

@@ -92,9 +92,10 @@ class Layer(nn.Module):
             cache.v[:, :, :t] = v
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
         else:
-            idx = pos.view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
-            cache.k.scatter_(2, idx, k)
-            cache.v.scatter_(2, idx, v)
+            # an index_put, not scatter_: torch's CPU scatter_ copies the whole cache per call when it is bf16
+            rows = torch.arange(k.shape[0], device=k.device)
+            cache.k[rows, :, pos] = k[:, :, 0]
+            cache.v[rows, :, pos] = v[:, :, 0]
             assert visible is not None
             kv_len = visible.shape[-1]
             out = F.scaled_dot_product_attention(q, cache.k[:, :, :kv_len], cache.v[:, :, :kv_len], attn_mask=visible)

@@ -12,7 +12,8 @@ Trained-in details reproduced exactly, because the weights depend on them:
 * input rescale `z / sqrt(t^2 + (1-t)^2)`, output `x sqrt(2)`.
 
 Precision follows the original's bf16 autocast on CUDA: matmuls in the compute dtype (weights cast once instead of
-per call), LayerNorm in fp32, residual stream in the compute dtype. On CPU everything is fp32.
+per call), LayerNorm in fp32, residual stream in the compute dtype. On a CPU the same split in bf16 where the CPU runs
+bf16 natively (CPU_DTYPE=auto; AMX / AVX512-BF16), else everything in fp32.
 """
 
 from __future__ import annotations

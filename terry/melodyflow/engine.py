@@ -102,7 +102,7 @@ class MelodyFlowEngine:
         dtype: torch.dtype | None = None,
     ) -> MelodyFlowEngine:
         """Resolve and load the checkpoint (strict keys/shapes), its codec and its T5; `dtype` is the DiT compute dtype."""
-        from garycommon.devices import pick_device
+        from garycommon.devices import cpu_dtype, pick_device
         from garycommon.textenc import load_t5
 
         device = device or pick_device(settings.device)
@@ -121,7 +121,7 @@ class MelodyFlowEngine:
         codec.fold_weight_norm()
         dit.eval().requires_grad_(False)
         codec.eval().requires_grad_(False)
-        compute = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        compute = dtype or (torch.bfloat16 if device.type == "cuda" else cpu_dtype(settings.cpu_dtype))
         dit.to(device=device, dtype=torch.float32)
         dit.set_compute_dtype(compute)
         dit.transformer.rope.tables(max(1024, int(dcfg.segment_duration * ccfg.frame_rate)))

@@ -31,7 +31,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(models_dir: Path) -> Settings:
-    return Settings(local_models_dir=models_dir, model_allow_owners=["testowner"], device="cpu")
+    # fp32 on every CPU: these tests compare with audiocraft and the fp32 eager path (bf16: tests/garycommon)
+    return Settings(local_models_dir=models_dir, model_allow_owners=["testowner"], device="cpu", cpu_dtype="fp32")
 
 
 @pytest.fixture(scope="session")

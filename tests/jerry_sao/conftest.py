@@ -28,7 +28,8 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(models_dir: Path) -> Settings:
-    return Settings(local_models_dir=models_dir, device="cpu", model_allow_owners=["thepatch"])
+    # fp32 on every CPU: these tests compare with stable-audio-tools (bf16: tests/garycommon/test_cpu_dtype.py)
+    return Settings(local_models_dir=models_dir, device="cpu", model_allow_owners=["thepatch"], cpu_dtype="fp32")
 
 
 @pytest.fixture(scope="session")

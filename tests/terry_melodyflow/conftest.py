@@ -15,7 +15,8 @@ from tests.torch_threads import one_torch_thread  # noqa: F401 - autouse: this f
 
 @pytest.fixture(scope="session")
 def mf_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    settings = Settings(local_models_dir=tmp_path_factory.mktemp("mf_models"), device="cpu")
+    # fp32 on every CPU: these tests compare with the fork's math (bf16: tests/garycommon/test_cpu_dtype.py)
+    settings = Settings(local_models_dir=tmp_path_factory.mktemp("mf_models"), device="cpu", cpu_dtype="fp32")
     install_demo(settings)
     return settings
 
