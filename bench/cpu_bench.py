@@ -7,15 +7,16 @@ own default, fp32. The load average of the machine is recorded around each part 
   ms per step from each engine's progress callback (ours: `generate_eager`; audiocraft 1.3.0
   `generate_continuation`), plus the time to the first step (prompt encoding + prefill). The seconds a full
   6 s -> 30 s continuation takes with our engine are estimated from those parts and a timed EnCodec decode of 30 s
-  (`--full-musicgen` runs it instead).
+  (`--full-musicgen` also runs it, bf16), and bf16's teacher-forced logits are compared with fp32's.
 - SAO-small (stable-audio-open-small's layout), 12 s at the 8 pingpong steps jerry serves: ours (jerry's
-  `SAOEngine`, fp32 and bf16, no fast path) vs stable-audio-tools 0.0.19 `generate_diffusion_cond`, best of `--reps` after a
-  1-step warm-up (the VAE decode of 12 s of audio is most of it on a CPU, so the whole clip is the unit).
+  `SAOEngine`, fp32 and bf16, no fast path) vs stable-audio-tools 0.0.19 `generate_diffusion_cond`, best of
+  `--reps` after a 1-step warm-up (the VAE decode of 12 s of audio is most of it on a CPU, so the whole clip is the unit).
 - MelodyFlow (962 M DiT): one DiT forward over 10 s (250 latent frames) with CFG rows (batch 2), ours vs the
   original fork's `FlowModel` (`--fork DIR`, the betweentwomidnights/melodyflow checkout; skipped without it), sharing
   one set of weights; a 25-step euler edit makes 2 x 25 forwards of that size.
 
     python3 bench/cpu_bench.py --out bench/results [--only musicgen sao melodyflow] [--fork DIR] [--threads 2]
+        [--reps 1] [--full-musicgen]
 """
 
 from __future__ import annotations
