@@ -191,14 +191,23 @@ def test_result_is_stereo_when_the_input_is(gary: Gary) -> None:
 
 
 def test_concurrent_generations_share_one_engine_call(make_gary: Any) -> None:
-    """Solo mode with GARY_MAX_BATCH=3: jobs arriving while the GPU is busy run together in its next call."""
+    """Solo mode with GARY_MAX_BATCH=3: jobs arriving while the GPU is busy run together in its next call.
+
+    The first job is sent alone and waits in the GPU worker's line before the others are sent, so nothing was on
+    its way when it got there (a burst sent at once would share one call: tests/garycommon/test_gpuworker.py)."""
     gary = make_gary(gary_max_batch=3)
     release = gary.hold_gpu()
     with httpx.Client(base_url=gary.url, timeout=30) as http:
         try:
-            sids = [http.post("/api/juce/process_audio", json={"audio_data": wav_b64(2.0 + i / 2), "model_name": MODEL,
-                                                               "prompt_duration": 1, "seed": 10 + i}).json()["session_id"]
-                    for i in range(3)]
+            sids = []
+            for i in range(3):
+                sids.append(http.post("/api/juce/process_audio", json={
+                    "audio_data": wav_b64(2.0 + i / 2), "model_name": MODEL, "prompt_duration": 1,
+                    "seed": 10 + i}).json()["session_id"])
+                deadline = time.monotonic() + 10
+                while i == 0 and gary.ctx.runner.gpu.pending() < 1:  # the first is in line behind the held call
+                    assert time.monotonic() < deadline, "the first generation never reached the GPU worker"
+                    time.sleep(0.02)
             deadline = time.monotonic() + 10
             while any(http.get(f"/api/juce/poll_status/{s}").json()["status"] != "warming" for s in sids):
                 assert time.monotonic() < deadline, "all three should be running (not queued) with 3 slots"

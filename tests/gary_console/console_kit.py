@@ -25,16 +25,33 @@ class ConsolePage:
         self.context = browser.new_context(viewport=viewport or {"width": 1280, "height": 900}, accept_downloads=True)
         self.page = self.context.new_page()
         self.problems: list[str] = []
+        self.navigating = False  # set by `reload`: the browser cancels what the page had in flight
         self.page.on("console", lambda m: self.problems.append(f"console.{m.type}: {m.text}")
                      if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} {r.failure}"))
+        self.page.on("requestfailed", self._request_failed)
         self.external: list[str] = []
         self.page.route("**/*", self._only_local)
         self.page.goto(url)
         if console:
             self.page.wait_for_function("window.garyConsole && document.querySelector('#model option') !== null "
                                         "&& window.garyConsole.state.connected", timeout=30_000)
+
+    def reload(self) -> None:
+        """Reload the page as a musician would and wait until the console is connected again."""
+        self.navigating = True
+        try:
+            self.page.reload()
+            self.page.wait_for_function("window.garyConsole && window.garyConsole.state.connected", timeout=30_000)
+        finally:
+            self.navigating = False
+
+    def _request_failed(self, request: object) -> None:
+        """A failed request is a problem, except one the browser itself cancelled because the page navigated away
+        (a reload aborts the console's in-flight health polls: net::ERR_ABORTED, with the page's own navigation)."""
+        if request.failure == "net::ERR_ABORTED" and self.navigating:  # type: ignore[attr-defined]
+            return
+        self.problems.append(f"request failed: {request.url} {request.failure}")  # type: ignore[attr-defined]
 
     def _only_local(self, route: object) -> None:
         """The console must load and work with no internet: anything not served by the stack is refused."""

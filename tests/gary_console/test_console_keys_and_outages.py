@@ -89,8 +89,7 @@ def test_keys_on_key_typed_once_unlocks_queue_and_jerry(console: ConsolePage, st
     assert page.locator("#error").is_hidden()
 
     # a reload keeps the key (typed once)
-    page.reload()
-    page.wait_for_function("window.garyConsole && window.garyConsole.state.connected", timeout=30_000)
+    console.reload()
     assert page.locator("#api-key").input_value() == KEY
     page.wait_for_function("document.querySelectorAll('#gpus .bar').length > 0", timeout=20_000)
     assert console.problems == [] and console.external == []
