@@ -29,7 +29,7 @@ from checkout import use_checkout  # bench/ is the script's folder, first on sys
 from timing import run_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "jerry_engine")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "jerry_sao")]
 
 PROMPTS = ["dark techno 128bpm", "lo-fi hip hop piano 90bpm", "ambient pad with vinyl crackle", "funk bass 110bpm",
            "jungle breaks 170bpm", "acoustic guitar folk", "808 trap drums 140bpm", "orchestral strings swell"]
