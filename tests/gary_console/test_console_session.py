@@ -146,15 +146,21 @@ def test_musician_session_walk(console: ConsolePage, tmp_path: Path) -> None:
     assert_clean(console)
 
 
-def test_killed_connection_mid_generation_still_gets_its_result(console: ConsolePage, tmp_path: Path) -> None:
+def start_generation(console: ConsolePage, tmp_path: Path) -> object:
+    """Load a 2 s riff, press generate with a 1 s prompt, and wait until gary accepted the job; returns the page."""
     page = console.page
     page.set_input_files("#file-input", str(wav_file(tmp_path / "riff.wav", seconds=2.0)))
     console.wait_takes(1)
     page.fill("#prompt-duration", "1")
     page.click("#generate")
-    # the request was accepted (the job exists on gary): now drop the connection under the page's feet
     page.wait_for_function("window.garyConsole.state.pending && window.garyConsole.state.pending.acked",
                            timeout=STEP_TIMEOUT_S * 1000)
+    return page
+
+
+def test_killed_connection_mid_generation_still_gets_its_result(console: ConsolePage, tmp_path: Path) -> None:
+    page = start_generation(console, tmp_path)
+    # the request was accepted (the job exists on gary): now drop the connection under the page's feet
     first_sid = page.evaluate("window.garyConsole.socket.id")
     page.evaluate("window.garyConsole.socket.io.engine.close()")
     page.wait_for_function(f"window.garyConsole.state.reconnects >= 1 && window.garyConsole.socket.id !== '{first_sid}'",
@@ -167,13 +173,7 @@ def test_killed_connection_mid_generation_still_gets_its_result(console: Console
 
 
 def test_reload_mid_generation_resumes_the_session(console: ConsolePage, tmp_path: Path) -> None:
-    page = console.page
-    page.set_input_files("#file-input", str(wav_file(tmp_path / "riff.wav", seconds=2.0)))
-    console.wait_takes(1)
-    page.fill("#prompt-duration", "1")
-    page.click("#generate")
-    page.wait_for_function("window.garyConsole.state.pending && window.garyConsole.state.pending.acked",
-                           timeout=STEP_TIMEOUT_S * 1000)
+    start_generation(console, tmp_path)
     session = console.state("s.sessionId")
     console.reload()  # the takes are gone with the page; the session and its running job are not
     assert console.state("s.sessionId") == session
