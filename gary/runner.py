@@ -121,6 +121,7 @@ class JobRunner:
             log.warning("job %s was claimed but its runner is gone; running it again", job.job_id)
         job.lease_id = lease_id
         job.fencing_token = fencing_token
+        self._running[job.job_id] = job  # now, not when the task first runs: a second grant meanwhile only adopts
         self.spawn(self.run(job))
         return "job started"
 
@@ -152,13 +153,15 @@ class JobRunner:
             err = exc if isinstance(exc, GaryError) else GaryError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             await self._fail(job, err)
         finally:
-            self._running.pop(job.job_id, None)
-            with contextlib.suppress(Exception):
-                await self.jobs.redis.srem(rediskeys.running_jobs(), job.job_id)
+            # the job's helpers stop first, before anything here awaits: a cancellation landing on one of the awaits
+            # below must never leave a heartbeat running for a job that is over
             if heartbeat is not None:
                 heartbeat.cancel()
             if warming is not None:
                 warming.cancel()
+            self._running.pop(job.job_id, None)
+            with contextlib.suppress(Exception):
+                await self.jobs.redis.srem(rediskeys.running_jobs(), job.job_id)
             if job.lane == GENERATION_LANE:
                 await self.throttle.mark_done(sid)
 
