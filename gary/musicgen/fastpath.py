@@ -62,9 +62,7 @@ MAX_SLOTS = 2  # batch shapes whose KV cache and graphs stay resident (each hold
 
 def fused_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: LayerCache, pos: torch.Tensor) -> torch.Tensor:
     """Write this step's k/v at each row's position, then attend slots 0..pos (q, k, v [R, H, 1, Dh])."""
-    rows = torch.arange(q.shape[0], device=q.device)
-    cache.k[rows, :, pos] = k[:, :, 0]
-    cache.v[rows, :, pos] = v[:, :, 0]
+    cache.write_step(k, v, pos)
     return decode_attention(q[:, :, 0], cache.k, cache.v, pos).unsqueeze(2)
 
 

@@ -92,10 +92,7 @@ class Layer(nn.Module):
             cache.v[:, :, :t] = v
             out = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
         else:
-            # an index_put, not scatter_: torch's CPU scatter_ copies the whole cache per call when it is bf16
-            rows = torch.arange(k.shape[0], device=k.device)
-            cache.k[rows, :, pos] = k[:, :, 0]
-            cache.v[rows, :, pos] = v[:, :, 0]
+            cache.write_step(k, v, pos)
             assert visible is not None
             kv_len = visible.shape[-1]
             out = F.scaled_dot_product_attention(q, cache.k[:, :, :kv_len], cache.v[:, :, :kv_len], attn_mask=visible)
@@ -144,6 +141,13 @@ class _Layers(nn.Module):
 class LayerCache:
     k: torch.Tensor  # [B, H, Tmax, Dh]
     v: torch.Tensor
+
+    def write_step(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        """One decode step's k/v [B, H, 1, Dh] into each row's slot `pos` [B]. An index_put, not scatter_: torch's CPU
+        scatter_ copies the whole cache per call when it is bf16."""
+        rows = torch.arange(k.shape[0], device=k.device)
+        self.k[rows, :, pos] = k[:, :, 0]
+        self.v[rows, :, pos] = v[:, :, 0]
 
 
 @dataclass
