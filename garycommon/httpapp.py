@@ -103,7 +103,7 @@ class JsonGuard:
         await self.app(scope, replaying(raw, receive), send)
 
     async def _answer(self, send: Send, err: GaryError) -> None:
-        await JSONResponse(self.body(err), status_code=err.http_status)({"type": "http"}, _disconnected, send)
+        await answer_early(send, self.body, err)
 
 
 def install_error_handlers(app: FastAPI, body: ErrorBody = default_error_body, *, max_json_bytes: int = MAX_JSON_BYTES) -> None:
@@ -200,6 +200,11 @@ async def _disconnected() -> Message:
     return {"type": "http.disconnect"}
 
 
+async def answer_early(send: Send, body: ErrorBody, err: GaryError) -> None:
+    """Answer `err` (its status, the service's error body) from a middleware, before the app saw the request."""
+    await JSONResponse(body(err), status_code=err.http_status)({"type": "http"}, _disconnected, send)
+
+
 def declared_length(scope: Scope) -> int | None:
     """The request's Content-Length, when it declares a well-formed one."""
     declared = dict(scope.get("headers") or []).get(b"content-length")
@@ -258,8 +263,7 @@ class BodyLimit:
             await self.app(scope, replaying(raw, receive), send)
 
     async def _reject(self, send: Send) -> None:
-        err = GaryError(ErrorCode.DATA_TOO_LARGE, self.message)
-        await JSONResponse(self.body(err), status_code=413)({"type": "http"}, _disconnected, send)
+        await answer_early(send, self.body, GaryError(ErrorCode.DATA_TOO_LARGE, self.message))
 
 
 def check_api_key(request: Request, keys: list[str]) -> str | None:
